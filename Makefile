@@ -1,0 +1,31 @@
+# regionclip-min: every set-up step lives here, so a fresh machine needs only `make toy` or `make test`.
+# No GPU and no network beyond the package registries are assumed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+DATA   ?= data/toy
+SEED   ?= 0
+TOY_NUM_TRAIN ?= 2000
+TOY_NUM_VAL   ?= 300
+
+.PHONY: help venv toy test clean
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+# The venv is (re)installed when requirements.txt changes: the stamp file name carries its checksum.
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(STAMP)  ## create .venv and install requirements.txt
+
+toy: $(STAMP)  ## the toy pipeline: generate the toy world (later: pretrain, transfer, evaluate)
+	$(PY) -m regionclip_min.toyworld --out $(DATA) --seed $(SEED) --num-train $(TOY_NUM_TRAIN) --num-val $(TOY_NUM_VAL)
+
+test: $(STAMP)  ## run the test suite (CPU, offline)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+clean:  ## remove generated data and run outputs (keeps .venv)
+	rm -rf data runs results

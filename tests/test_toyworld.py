@@ -1,0 +1,137 @@
+"""The toy world (DESIGN.md §5): determinism, COCO validity, the base/novel split, what captions and boxes hold."""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from regionclip_min import toyworld
+
+
+def _checksums(root):
+    root = Path(root)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path):
+    a = toyworld.generate(tmp_path / "a", seed=3, num_train=12, num_val=6)
+    b = toyworld.generate(tmp_path / "b", seed=3, num_train=12, num_val=6)
+    c = toyworld.generate(tmp_path / "c", seed=4, num_train=12, num_val=6)
+    sa, sb, sc = _checksums(a["root"]), _checksums(b["root"]), _checksums(c["root"])
+    assert len(sa) == 12 + 6 + 5  # images + 2 captions + 3 instances files
+    assert sa == sb
+    assert set(sa) == set(sc)
+    differing = [k for k in sa if sa[k] != sc[k]]
+    assert len(differing) == len(sa)  # every image and every json changes with the seed
+
+
+def test_written_paths_and_formats(toy_world):
+    for key in ("captions_train", "captions_val", "instances_train_base", "instances_train_all",
+                "instances_val_all"):
+        assert Path(toy_world[key]).is_file()
+    caps = json.loads(Path(toy_world["captions_train"]).read_text())
+    assert {"images", "annotations"} <= set(caps)
+    per_image = {}
+    for a in caps["annotations"]:
+        assert a["caption"].strip()
+        per_image.setdefault(a["image_id"], []).append(a["caption"])
+    assert set(per_image) == {im["id"] for im in caps["images"]}
+    assert all(1 <= len(v) <= 3 for v in per_image.values())
+
+
+def test_categories_carry_split(toy_world):
+    cats = json.loads(Path(toy_world["instances_val_all"]).read_text())["categories"]
+    assert len(cats) == len(toyworld.SHAPES) >= 10
+    assert {c["name"] for c in cats if c["split"] == "novel"} == set(toyworld.NOVEL_SHAPES)
+    assert all(c["split"] in ("base", "novel") for c in cats)
+
+
+def test_base_file_has_no_novel_annotation(toy_world):
+    base = json.loads(Path(toy_world["instances_train_base"]).read_text())
+    allf = json.loads(Path(toy_world["instances_train_all"]).read_text())
+    novel_ids = {c["id"] for c in base["categories"] if c["split"] == "novel"}
+    assert novel_ids
+    assert not any(a["category_id"] in novel_ids for a in base["annotations"])
+    # the all-categories file does hold novel boxes, and the base file holds every base box
+    assert any(a["category_id"] in novel_ids for a in allf["annotations"])
+    assert len(base["annotations"]) == sum(a["category_id"] not in novel_ids for a in allf["annotations"])
+
+
+def test_boxes_inside_images_and_object_sizes(toy_world):
+    d = json.loads(Path(toy_world["instances_train_all"]).read_text())
+    sizes = {im["id"]: (im["width"], im["height"], im["kind"]) for im in d["images"]}
+    kinds = {k for *_, k in sizes.values()}
+    assert kinds == {"object", "scene"}
+    for a in d["annotations"]:
+        x, y, w, h = a["bbox"]
+        W, H, kind = sizes[a["image_id"]]
+        assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= W + 1e-6 and y + h <= H + 1e-6
+        side = max(w, h)
+        if kind == "object":  # object-centric: one large object, roughly half the frame or more
+            assert side >= 0.4 * W
+        else:
+            assert side <= 0.5 * W
+    counts = {}
+    for a in d["annotations"]:
+        counts[a["image_id"]] = counts.get(a["image_id"], 0) + 1
+    for image_id, (_, _, kind) in sizes.items():
+        n = counts.get(image_id, 0)
+        assert (n == 1) if kind == "object" else (1 <= n <= 4)
+
+
+def test_captions_name_shapes_that_are_in_the_image(toy_world):
+    d = json.loads(Path(toy_world["instances_train_all"]).read_text())
+    caps = json.loads(Path(toy_world["captions_train"]).read_text())["annotations"]
+    names = {c["id"]: c["name"] for c in d["categories"]}
+    present = {}
+    for a in d["annotations"]:
+        present.setdefault(a["image_id"], set()).add(names[a["category_id"]])
+    for c in caps:
+        words = c["caption"].lower().replace(",", " ").replace(".", " ").split()
+        mentioned = {n for n in toyworld.SHAPES if n in words or toyworld.plural(n) in words}
+        assert mentioned, c["caption"]
+        assert mentioned <= present[c["image_id"]], (c["caption"], present[c["image_id"]])
+
+
+def test_cocoeval_on_ground_truth_gives_ap50_one(toy_world):
+    gt = COCO(toy_world["instances_val_all"])
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in gt.dataset["annotations"]]
+    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert ev.stats[1] == pytest.approx(1.0)  # AP at IoU 0.5
+
+
+def test_image_pixels_are_rgb_and_match_declared_size(toy_world):
+    from PIL import Image
+
+    d = json.loads(Path(toy_world["instances_val_all"]).read_text())
+    im = d["images"][0]
+    img = Image.open(Path(toy_world["images"]) / im["file_name"])
+    assert img.mode == "RGB" and img.size == (im["width"], im["height"])
+    arr = np.asarray(img)
+    assert arr.std() > 5  # textured, not blank
+
+
+def test_image_size_scales_objects(tmp_path):
+    p = toyworld.generate(tmp_path, seed=1, num_train=4, num_val=2, image_size=256)
+    d = json.loads(Path(p["instances_train_all"]).read_text())
+    assert all(im["width"] == 256 for im in d["images"])
+    assert max(max(a["bbox"][2:]) for a in d["annotations"]) > 50
+
+
+def test_bad_arguments_raise(tmp_path):
+    with pytest.raises(ValueError, match="num_train"):
+        toyworld.generate(tmp_path, num_train=0)
+
+
+def test_cli_prints_summary(tmp_path, capsys):
+    toyworld.main(["--out", str(tmp_path), "--num-train", "6", "--num-val", "3"])
+    out = capsys.readouterr().out
+    assert "novel (3)" in out and "instances_train_base.json" in out
