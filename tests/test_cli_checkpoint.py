@@ -1,0 +1,136 @@
+"""Config parsing (STYLE.md 5) and checkpoints (atomic, safe loading, RNG round trip)."""
+import dataclasses
+import os
+import pickle
+import random
+
+import pytest
+import torch
+
+from regionclip_min.checkpoint import (latest_checkpoint, load_checkpoint, prune_checkpoints, rng_state,
+                                       save_checkpoint, set_rng_state, checkpoint_path)
+from regionclip_min.cli import config_from_dict, config_to_dict, parse_config
+
+
+@dataclasses.dataclass
+class Cfg:
+    # ---- optimisation
+    lr: float = dataclasses.field(default=1e-3, metadata={"help": "peak learning rate"})
+    max_steps: int = 10
+    use_flip: bool = True
+    # ---- model
+    model_name: str = "RN-toy"
+    init: str | None = None
+
+
+PRESETS = {"big": {"_doc": "more steps", "max_steps": 1000, "model_name": "RN50"}}
+
+
+def test_defaults_preset_then_cli_overrides():
+    cfg, preset = parse_config(Cfg, [], PRESETS)
+    assert cfg == Cfg() and preset is None
+    cfg, preset = parse_config(Cfg, ["--preset", "big", "--lr", "0.5", "--use-flip", "false", "--init=none"], PRESETS)
+    assert preset == "big"
+    assert (cfg.max_steps, cfg.model_name, cfg.lr, cfg.use_flip, cfg.init) == (1000, "RN50", 0.5, False, None)
+    cfg, _ = parse_config(Cfg, ["--max_steps", "7", "--init", "runs/x.pt"], PRESETS)
+    assert cfg.max_steps == 7 and cfg.init == "runs/x.pt"
+
+
+@pytest.mark.parametrize("argv", [["--max_steps", "1.5"], ["--lr", "fast"], ["--use_flip", "maybe"],
+                                  ["--no_such_field", "1"], ["--preset", "nope"], ["--max"]])
+def test_bad_overrides_are_rejected(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(Cfg, argv, PRESETS)
+    assert e.value.code == 2
+
+
+def test_help_lists_every_field_with_default(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Cfg, ["--help"], PRESETS)
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(Cfg):
+        assert f"--{f.name}" in out
+    assert "peak learning rate" in out and "0.001" in out and "big" in out
+
+
+def test_preset_with_unknown_field_is_an_error():
+    with pytest.raises(KeyError, match="bogus"):
+        parse_config(Cfg, ["--preset", "bad"], {"bad": {"bogus": 1}})
+
+
+def test_config_round_trip_through_dict():
+    cfg = Cfg(lr=0.1, init="a")
+    assert config_from_dict(Cfg, config_to_dict(cfg)) == cfg
+    with pytest.raises(KeyError):
+        config_from_dict(Cfg, {**config_to_dict(cfg), "extra": 1})
+
+
+def test_checkpoint_round_trip_and_latest(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 5, "config": config_to_dict(Cfg()),
+             "rng": rng_state()}
+    for step in (5, 10, 15):
+        save_checkpoint(checkpoint_path(tmp_path, step), {**state, "step": step})
+    assert latest_checkpoint(tmp_path).name == "ckpt_0000015.pt"
+    loaded = load_checkpoint(latest_checkpoint(tmp_path))
+    assert loaded["step"] == 15 and torch.equal(loaded["model"]["weight"], model.weight)
+    torch.optim.AdamW(model.parameters()).load_state_dict(loaded["optimizer"])
+    prune_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("ckpt_*.pt")) == ["ckpt_0000010.pt", "ckpt_0000015.pt"]
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+    assert latest_checkpoint(tmp_path / "empty") is None
+
+
+def test_rng_state_round_trip_restores_streams(tmp_path):
+    save_checkpoint(tmp_path / "r.pt", {"rng": rng_state()})
+    a = (random.random(), torch.rand(3))
+    set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
+    b = (random.random(), torch.rand(3))
+    assert a[0] == b[0] and torch.equal(a[1], b[1])
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('EVIL_MARKER', '/tmp/evil')}",))
+
+
+def test_hostile_pickle_is_refused_and_never_runs(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("EVIL_MARKER", str(marker))
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": _Evil()}, bad)
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="evil.pt"):
+        load_checkpoint(bad)
+    assert not marker.exists()
+
+
+def test_corrupt_and_missing_checkpoints_name_the_file(tmp_path):
+    p = tmp_path / "trunc.pt"
+    save_checkpoint(p, {"w": torch.randn(100)})
+    p.write_bytes(p.read_bytes()[:50])
+    with pytest.raises(ValueError, match="trunc.pt"):
+        load_checkpoint(p)
+    with pytest.raises(FileNotFoundError, match="nothere.pt"):
+        load_checkpoint(tmp_path / "nothere.pt")
+    q = tmp_path / "list.pt"
+    torch.save([1, 2], q)
+    with pytest.raises(ValueError, match="expected a dict"):
+        load_checkpoint(q)
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    p = tmp_path / "c.pt"
+    save_checkpoint(p, {"v": torch.tensor(1)})
+    with pytest.raises(Exception):
+        save_checkpoint(p, {"v": _Unpicklable()})
+    assert load_checkpoint(p)["v"].item() == 1
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise pickle.PicklingError("no")
