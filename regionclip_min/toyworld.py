@@ -39,7 +39,7 @@ SHAPES = ("circle", "square", "triangle", "star", "cross", "heart",
 NOVEL_SHAPES = ("heart", "hexagon", "arrow")  # caption-only during detection training (OVD protocol)
 COLORS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (45, 80, 215),
           "yellow": (235, 205, 40), "purple": (140, 60, 185), "orange": (245, 135, 30)}
-FILLER_NOUNS = ("photo", "picture", "image", "background")
+FILLER_NOUNS = ("photo", "picture", "image", "drawing", "background")  # nouns of the caption templates
 
 # ---- world statistics (pixels at 128 px; scaled with image_size) -----------------------------------------
 OBJECT_CENTRIC_FRACTION = 0.35
