@@ -1,0 +1,378 @@
+"""Datasets, pixel transforms and collate functions (the data of paper Sec. 3.3 and 4.1; DESIGN §2, §3).
+
+Provides CLIP's pixel statistics and whole-image preprocessing (``CLIP_MEAN``, ``CLIP_STD``, ``normalize``,
+``image_transform``); ``ImageCaptionDataset``, the image-text pairs of pretraining, from a COCO captions json or
+a TSV of ``image_path<TAB>caption`` lines; ``DetectionDataset``, COCO instances as torchvision detection targets
+(boxes xyxy float32 absolute pixels, labels int64 with background 0 and category k -> k + 1), optionally
+restricted to a category subset such as the base split of open-vocabulary transfer; and the collate functions.
+
+Bad input. Structural errors (json/TSV missing, not valid JSON, a required key missing) raise FileNotFoundError
+or ValueError naming the file and entry. Per-sample problems (degenerate box, box outside the image, unknown
+category or image id, empty caption, malformed TSV line, missing or unreadable image) raise ValueError
+(FileNotFoundError for a missing image) if ``strict``; else the sample is skipped, counted in ``dataset.skipped``
+(a Counter by kind; ``dataset.summary()``) and warned about once per kind. Annotations are checked on reading;
+image files are only opened in ``__getitem__`` (a 100k-image dataset starts at once): a bad one makes the item
+None, which the collate functions drop (under DataLoader workers it is counted in the worker's copy).
+
+Left out: masks, keypoints, crowd regions (``iscrowd`` boxes are dropped), crop/scale-jitter augmentation,
+LVIS federated-annotation fields, and making data (toyworld.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+from torchvision.transforms import functional as TF
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+BOX_TOLERANCE = 1.0  # px: a box at most this far outside its image is clipped to it, a farther one is skipped
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """CLIP pixel normalisation x' = (x - CLIP_MEAN[c]) / CLIP_STD[c] of (3, H, W) or (B, 3, H, W) float RGB
+    in [0, 1]; returns the same shape and dtype."""
+    if images.dim() not in (3, 4) or images.shape[-3] != 3:
+        raise ValueError(f"normalize expects (3, H, W) or (B, 3, H, W) RGB, got {tuple(images.shape)}")
+    mean = images.new_tensor(CLIP_MEAN).view(3, 1, 1)  # (3, 1, 1)
+    std = images.new_tensor(CLIP_STD).view(3, 1, 1)  # (3, 1, 1)
+    return (images - mean) / std  # (B, 3, H, W) or (3, H, W)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")  # grayscale, palette, RGBA (alpha dropped) -> RGB
+
+
+def image_transform(image_size: int, *, train: bool = False) -> T.Compose:
+    """CLIP's whole-image preprocessing, PIL image (any mode) -> (3, S, S) float32 CLIP-normalised: resize the short
+    side to S = image_size (bicubic, as CLIP), center crop; ``train`` adds a horizontal flip (p = 0.5). To pool
+    regions from enlarged images (DESIGN §5.1), pass the enlarged S, e.g. 256 for a 128-px CLIP."""
+    steps = [_to_rgb, T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+             T.CenterCrop(image_size)]
+    if train:
+        steps.append(T.RandomHorizontalFlip(0.5))
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+
+
+def hflip(image: torch.Tensor, boxes_xyxy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror image (3, H, W) and its boxes (N, 4) float xyxy absolute pixels left-right: x1' = W - x2,
+    x2' = W - x1. Returns the flipped (3, H, W) image and (N, 4) boxes (still x1 < x2)."""
+    width = image.shape[-1]
+    x1, y1, x2, y2 = boxes_xyxy.unbind(-1)  # (N,) each
+    return image.flip(-1), torch.stack([width - x2, y1, width - x1, y2], dim=-1)  # (3, H, W), (N, 4)
+
+
+def _load_json(path: Path, required: Sequence[str]) -> dict:
+    """Read a COCO-style json whose top level must hold the ``required`` keys, each a list."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: malformed JSON ({e})") from e
+    _require(data, required, path, "top level")
+    if not all(isinstance(data[key], list) for key in required):
+        raise ValueError(f"{path}: each of {list(required)} must be a list")
+    return data
+
+
+def _require(entry, keys: Sequence[str], path: Path, where: str) -> None:
+    if not isinstance(entry, dict) or not all(k in entry for k in keys):
+        missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+        raise ValueError(f"{path}: {where} is missing required key(s) {missing}")
+
+
+def _box_xyxy(bbox, width: float, height: float) -> tuple[list[float] | None, str, str]:
+    """COCO [x, y, w, h] -> ([x1, y1, x2, y2] clipped to the image, "", "") or (None, problem kind, reason)."""
+    try:
+        x, y, w, h = map(float, bbox)
+    except (TypeError, ValueError):
+        x = y = w = h = math.nan
+    if not math.isfinite(x + y + w + h):
+        return None, "box_invalid", f"bbox {bbox!r} is not 4 finite numbers"
+    if w <= 0 or h <= 0:
+        return None, "box_degenerate", f"bbox {bbox} has w <= 0 or h <= 0 (x2 <= x1 or y2 <= y1)"
+    x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))  # clipped
+    t = BOX_TOLERANCE
+    if x < -t or y < -t or x + w > width + t or y + h > height + t or x2 <= x1 or y2 <= y1:
+        return None, "box_outside", f"bbox {bbox} lies outside the {width}x{height} image"
+    return [x1, y1, x2, y2], "", ""
+
+
+def _index_images(data: dict, keys: Sequence[str], path: Path) -> dict:
+    """image id -> (index in data["images"], entry); each entry needs id, file_name and ``keys``."""
+    by_id = {}
+    for i, entry in enumerate(data["images"]):
+        _require(entry, ("id", "file_name", *keys), path, f"images[{i}]")
+        if entry["id"] in by_id:
+            raise ValueError(f"{path}: images[{i}] repeats image id {entry['id']}")
+        by_id[entry["id"]] = (i, entry)
+    return by_id
+
+
+class _CheckedDataset(Dataset):
+    """Bookkeeping shared by the datasets: raise when strict, else count, remember and warn per problem kind."""
+
+    def __init__(self, path, strict: bool):
+        self.path, self.strict = Path(path), strict
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: file not found")
+        self.skipped: Counter = Counter()
+        self._first: dict[str, str] = {}
+        self._bad_items: set[int] = set()
+
+    def _problem(self, kind: str, message: str, error: type[Exception] = ValueError) -> None:
+        if self.strict:
+            raise error(message)
+        self.skipped[kind] += 1
+        self._first.setdefault(kind, message)
+
+    def _ann_problem(self, kind: str, i: int, ann: dict, reason: str) -> None:
+        self._problem(kind, f"{self.path}: annotations[{i}] (id {ann.get('id')}): {reason}")
+
+    def _warn_skipped(self) -> None:
+        for kind, n in sorted(self.skipped.items()):
+            warnings.warn(f"{self.path}: skipped {n} x {kind}; first: {self._first[kind]}", stacklevel=3)
+
+    def _open_rgb(self, index: int, path: Path, where: str, size: tuple[int, int] | None = None):
+        """The image at ``path`` as an RGB PIL image, or None if missing/unreadable/not ``size`` (non-strict)."""
+        if index in self._bad_items:
+            return None
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except FileNotFoundError:
+            kind, msg, error = "image_missing", f"{path} ({where}): image file not found", FileNotFoundError
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            kind, msg, error = "image_unreadable", f"{path} ({where}): cannot read image ({e})", ValueError
+        else:
+            if size is None or image.size == size:
+                return image
+            kind, error = "image_size_mismatch", ValueError
+            msg = f"{path} ({where}): image is {image.size[0]}x{image.size[1]}, the json says {size[0]}x{size[1]}"
+        first = kind not in self.skipped
+        self._problem(kind, msg, error)
+        self._bad_items.add(index)
+        if first:
+            warnings.warn(f"{msg}; further ones are only counted in .skipped", stacklevel=3)
+        return None
+
+    def summary(self) -> str:
+        """One line: the source file, what was kept and what was skipped per problem kind."""
+        skipped = ", ".join(f"{k}={n}" for k, n in sorted(self.skipped.items())) or "nothing"
+        return f"{type(self).__name__}({self.path}): {self._kept()}; skipped {skipped}"
+
+
+class ImageCaptionDataset(_CheckedDataset):
+    """Image-text pairs for region-text pretraining (Sec. 3.3): one item per image, with all its captions.
+
+    Args:
+        path: a COCO captions json (``images`` [{id, file_name}], ``annotations`` [{image_id, caption}]), or a
+            ``.tsv``/``.txt`` file of UTF-8 ``image_path<TAB>caption`` lines (the caption is all after the first
+            tab; lines naming the same path are one item; blank lines are ignored).
+        image_root: folder the (relative) image paths start from; default the folder of ``path``.
+        image_size: S, the output side (see ``image_transform``); train: random horizontal flip.
+        strict: raise at the first bad sample instead of skipping it.
+
+    Items: {"image": (3, S, S) float32 CLIP-normalised, "captions": list[str] (>= 1, stripped), "image_id": int
+    (the json's id; for a TSV the item index)}, or None when the image is missing or unreadable (non-strict).
+    """
+
+    def __init__(self, path, image_root=None, *, image_size: int = 128, train: bool = False, strict: bool = False):
+        super().__init__(path, strict)
+        self.image_root = Path(image_root) if image_root is not None else self.path.parent
+        self.transform = image_transform(image_size, train=train)
+        self.items: list[tuple[Path, list[str], int, str]] = []  # (image path, captions, image id, where)
+        if self.path.suffix.lower() == ".json":
+            self._read_coco()
+        elif self.path.suffix.lower() in (".tsv", ".txt"):
+            self._read_tsv()
+        else:
+            raise ValueError(f"{self.path}: expected a .json (COCO captions) or .tsv/.txt (path<TAB>caption) file")
+        self._warn_skipped()
+
+    def _read_coco(self) -> None:
+        data = _load_json(self.path, ("images", "annotations"))
+        by_id = {k: (i, entry["file_name"], []) for k, (i, entry) in _index_images(data, (), self.path).items()}
+        for i, ann in enumerate(data["annotations"]):
+            _require(ann, ("image_id", "caption"), self.path, f"annotations[{i}]")
+            if ann["image_id"] not in by_id:
+                self._ann_problem("unknown_image", i, ann, f"unknown image_id {ann['image_id']!r}")
+            elif not isinstance(ann["caption"], str) or not ann["caption"].strip():
+                self._ann_problem("caption_empty", i, ann, f"empty caption {ann['caption']!r}")
+            else:
+                by_id[ann["image_id"]][2].append(ann["caption"].strip())
+        for image_id, (i, file_name, captions) in by_id.items():
+            if captions:
+                self.items.append((self.image_root / file_name, captions, image_id, f"images[{i}] of {self.path}"))
+            else:
+                self._problem("no_caption", f"{self.path}: images[{i}] (id {image_id}) has no usable caption")
+
+    def _read_tsv(self) -> None:
+        groups: dict[str, tuple[int, list[str]]] = {}  # path -> (first line number, captions)
+        with open(self.path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                where = f"{self.path}: line {lineno}"
+                try:
+                    line = raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError as e:
+                    self._problem("tsv_malformed", f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})")
+                    continue
+                if not line.strip():
+                    continue
+                rel, tab, caption = line.partition("\t")
+                if not tab or not rel.strip():
+                    self._problem("tsv_malformed", f"{where}: expected 'image_path<TAB>caption', got {line[:80]!r}")
+                elif not caption.strip():
+                    self._problem("caption_empty", f"{where}: empty caption")
+                else:
+                    groups.setdefault(rel.strip(), (lineno, []))[1].append(caption.strip())
+        for n, (rel, (lineno, captions)) in enumerate(groups.items()):
+            self.items.append((self.image_root / rel, captions, n, f"line {lineno} of {self.path}"))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict | None:
+        path, captions, image_id, where = self.items[index]
+        image = self._open_rgb(index, path, where)
+        if image is None:
+            return None
+        return {"image": self.transform(image), "captions": list(captions), "image_id": image_id}  # (3, S, S)
+
+    def _kept(self) -> str:
+        return f"{len(self.items)} images, {sum(len(c) for _, c, _, _ in self.items)} captions"
+
+
+def collate_image_caption(batch: list[dict | None]) -> dict | None:
+    """Batch ImageCaptionDataset items, dropping None (bad images). Returns {"images": (B, 3, S, S) float32,
+    "captions": B lists of str, "image_ids": (B,) int64}, or None when every item was dropped (skip the step)."""
+    items = [b for b in batch if b is not None]
+    if not items:
+        return None
+    return {"images": torch.stack([b["image"] for b in items]),  # (B, 3, S, S)
+            "captions": [b["captions"] for b in items],
+            "image_ids": torch.tensor([b["image_id"] for b in items], dtype=torch.int64)}  # (B,)
+
+
+class DetectionDataset(_CheckedDataset):
+    """COCO instances as torchvision detection targets (open-vocabulary transfer and evaluation, Sec. 4.1).
+
+    Labels follow DESIGN §3: background 0; the kept categories are sorted by category id and
+    ``category_names[k]`` (id ``category_ids[k]``) gets label k + 1.
+
+    Args:
+        instances_json: COCO instances json: ``images`` [{id, file_name, width, height, kind?}], ``annotations``
+            [{image_id, category_id, bbox [x, y, w, h] pixels, iscrowd?}], ``categories`` [{id, name, split?}].
+        image_root: folder of the images' file_name; default the json's folder.
+        categories: keep only these: a list of names and/or ids, or a split name ("base"/"novel") matched
+            against each category's "split" field. Boxes of other categories are dropped (not counted as bad).
+        min_size: if set, resize each image so its short side is min_size (bilinear) and scale its boxes, e.g.
+            twice the CLIP input size to pool regions from 2x enlarged images (DESIGN §5.1).
+        hflip_prob: probability of a horizontal flip of image and boxes (training: 0.5).
+        drop_empty: leave out images that keep no box (by default they stay, as negatives with boxes (0, 4)).
+        strict: raise at the first bad sample instead of skipping it.
+
+    Items: (image (3, H, W) float32 RGB in [0, 1], unnormalised (FasterRCNN normalises), target {"boxes": (N, 4)
+    float32 xyxy absolute pixels of that image, "labels": (N,) int64 in 1..K, "image_id": int, "orig_size": (2,)
+    int64 [height, width] before min_size}), or None for a bad image (non-strict). Also: ``category_splits``
+    (None where absent), ``images`` (json entries), ``image_ids``, ``kinds`` (each image's "kind" or None),
+    ``coco_json_path`` (for pycocotools).
+    """
+
+    def __init__(self, instances_json, image_root=None, *, categories: str | Sequence[str | int] | None = None,
+                 min_size: int | None = None, hflip_prob: float = 0.0, drop_empty: bool = False,
+                 strict: bool = False):
+        super().__init__(instances_json, strict)
+        self.coco_json_path = str(self.path)
+        self.image_root = Path(image_root) if image_root is not None else self.path.parent
+        self.min_size, self.hflip_prob = min_size, hflip_prob
+        data = _load_json(self.path, ("images", "annotations", "categories"))
+        cats = {}
+        for i, cat in enumerate(data["categories"]):
+            _require(cat, ("id", "name"), self.path, f"categories[{i}]")
+            cats[cat["id"]] = cat
+        self.category_ids = self._select(cats, categories)
+        self.category_names = [cats[c]["name"] for c in self.category_ids]
+        self.category_splits = [cats[c].get("split") for c in self.category_ids]
+        label_of = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
+        images = {k: (i, entry, [], []) for k, (i, entry) in  # id -> (json index, entry, boxes, labels)
+                  _index_images(data, ("width", "height"), self.path).items()}
+        for i, ann in enumerate(data["annotations"]):
+            _require(ann, ("image_id", "category_id", "bbox"), self.path, f"annotations[{i}]")
+            box, kind, reason = None, "", ""
+            if ann["category_id"] not in cats:
+                kind, reason = "unknown_category", f"unknown category_id {ann['category_id']!r}"
+            elif ann["image_id"] not in images:
+                kind, reason = "unknown_image", f"unknown image_id {ann['image_id']!r}"
+            elif ann["category_id"] in label_of and not ann.get("iscrowd", 0):
+                _, entry, boxes, labels = images[ann["image_id"]]
+                box, kind, reason = _box_xyxy(ann["bbox"], entry["width"], entry["height"])
+            if box is not None:
+                boxes.append(box)
+                labels.append(label_of[ann["category_id"]])
+            elif kind:
+                self._ann_problem(kind, i, ann, reason)
+        kept = [v for v in images.values() if v[2] or not drop_empty]
+        self._json_index = [v[0] for v in kept]
+        self.images = [v[1] for v in kept]
+        self._boxes, self._labels = [v[2] for v in kept], [v[3] for v in kept]
+        self.image_ids = [e["id"] for e in self.images]
+        self.kinds = [e.get("kind") for e in self.images]
+        self._warn_skipped()
+
+    def _select(self, cats: dict, categories) -> list:
+        """The kept category ids, sorted: all, those of a split (str), or those named by name or id (list)."""
+        if categories is None:
+            return sorted(cats)
+        if isinstance(categories, str):
+            chosen = {cid for cid, c in cats.items() if c.get("split") == categories}
+            if not chosen:
+                raise ValueError(f"{self.path}: no category has split {categories!r}")
+            return sorted(chosen)
+        by_name = {c["name"]: cid for cid, c in cats.items()}
+        unknown = [c for c in categories if (by_name.get(c) if isinstance(c, str) else c) not in cats]
+        if unknown:
+            raise ValueError(f"{self.path}: categories= names {unknown}, not categories of this file")
+        return sorted({by_name[c] if isinstance(c, str) else c for c in categories})
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict] | None:
+        entry = self.images[index]
+        width, height = entry["width"], entry["height"]
+        where = f"images[{self._json_index[index]}] (id {entry['id']}) of {self.path}"
+        image = self._open_rgb(index, self.image_root / entry["file_name"], where, (width, height))
+        if image is None:
+            return None
+        boxes = torch.tensor(self._boxes[index], dtype=torch.float32).reshape(-1, 4)  # (N, 4) xyxy
+        labels = torch.tensor(self._labels[index], dtype=torch.int64)  # (N,)
+        if self.min_size is not None:
+            scale = self.min_size / min(width, height)
+            new_w, new_h = round(width * scale), round(height * scale)
+            image = image.resize((new_w, new_h), Image.BILINEAR)
+            boxes = boxes * torch.tensor([new_w / width, new_h / height] * 2)  # (N, 4)
+        pixels = TF.to_tensor(image)  # (3, H, W) float32 in [0, 1]
+        if self.hflip_prob > 0 and torch.rand(()) < self.hflip_prob:
+            pixels, boxes = hflip(pixels, boxes)  # (3, H, W), (N, 4)
+        target = {"boxes": boxes, "labels": labels, "image_id": entry["id"],
+                  "orig_size": torch.tensor([height, width], dtype=torch.int64)}  # (2,)
+        return pixels, target
+
+    def _kept(self) -> str:
+        return (f"{len(self.images)} images, {sum(len(b) for b in self._boxes)} boxes, "
+                f"{len(self.category_ids)} categories")
+
+
+def collate_detection(batch: list[tuple[torch.Tensor, dict] | None]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Batch DetectionDataset items as torchvision detectors take them, dropping None (bad images). Returns
+    images: B tensors (3, H_i, W_i) (sizes may differ), targets: B dicts (boxes (N_i, 4), N_i may be 0)."""
+    items = [b for b in batch if b is not None]
+    return [image for image, _ in items], [target for _, target in items]
