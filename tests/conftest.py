@@ -15,3 +15,15 @@ def toy_world(tmp_path_factory):
     from regionclip_min import toyworld
 
     return toyworld.generate(tmp_path_factory.mktemp("toy"), seed=0, num_train=40, num_val=20)
+
+
+@pytest.fixture(scope="session")
+def stage0_run(toy_world, tmp_path_factory):
+    """A short stage-0 CLIP run (60 steps, batch 8) on the small toy world: its output folder."""
+    import train_pretrain
+
+    out = tmp_path_factory.mktemp("stage0")
+    train_pretrain.main(["--preset", "toy-clip", "--captions", toy_world["captions_train"], "--out_dir", str(out),
+                         "--max_steps", "60", "--batch_size", "8", "--warmup_steps", "5", "--log_every", "1",
+                         "--num_workers", "0", "--ckpt_every", "30"])
+    return out

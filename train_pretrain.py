@@ -1,0 +1,432 @@
+"""RegionCLIP pretraining (paper Sec. 3.2) and the stage-0 image-level CLIP that stands in for OpenAI's CLIP.
+
+    python train_pretrain.py --preset toy-clip                      # stage 0: image-text loss, both towers
+    python train_pretrain.py --preset toy                           # RegionCLIP from the stage-0 checkpoint
+    torchrun --nproc_per_node 2 train_pretrain.py --preset toy      # the same under DDP (gloo on CPU)
+
+One RegionCLIP step (DESIGN.md §1, §4):
+    images + captions -> proposals (random | grid | file) on images enlarged by `region_scale`
+    teacher (frozen image-level CLIP): region embeddings -> pseudo_label -> (y, q, keep)          [no_grad]
+    student: region embeddings of the proposals and of the whole-image box
+    L = w_region * L_region_contrastive(kept) + w_distill * L_distill(kept) + w_image * L_image_contrastive
+Teacher and student start from the same CLIP. The student trains layer2..layer4 + attnpool; its stem, layer1,
+BatchNorm and text tower stay frozen; concept and caption embeddings come from the frozen text encoder.
+
+Everything random in a step (data order, flips, caption choice, random boxes) is a function of (seed, step), so a
+run resumed with --resume ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from regionclip_min import checkpoint as ckpt
+from regionclip_min.cli import config_to_dict, format_config, parse_config
+from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, load_clip
+from regionclip_min.concepts import backend as concept_backend
+from regionclip_min.concepts import build_concept_pool, concept_embeddings
+from regionclip_min.data import ImageCaptionDataset, collate_image_caption
+from regionclip_min.losses import concept_distillation, image_text_contrastive, region_text_contrastive
+from regionclip_min.pseudo_labels import pseudo_label
+from regionclip_min.regions import RegionEncoder, grid_boxes, load_proposals_file, random_boxes
+
+
+@dataclass
+class PretrainConfig:
+    # ---- what to train
+    stage: str = field(default="regionclip", metadata={"help": "'clip': stage 0, image-text loss on the whole "
+                       "image tower, both towers trained; 'regionclip': the paper's region-text pretraining"})
+    # ---- data
+    captions: str = field(default="data/toy/captions_train.json",
+                          metadata={"help": "COCO captions json or TSV of image_path<TAB>caption"})
+    image_root: str | None = field(default=None, metadata={"help": "image folder (default: toy layout "
+                                   "'images/' beside a json, else the file's folder)"})
+    image_size: int = field(default=128, metadata={"help": "side of the (square, centre-cropped) training image"})
+    region_scale: float = field(default=2.0, metadata={"help": "images are enlarged by this before region pooling "
+                                "(DESIGN §5.1: a 128-px CLIP needs 2-3x; the paper pools from 800-px images)"})
+    hflip: bool = field(default=True, metadata={"help": "random horizontal flips"})
+    num_workers: int = field(default=1, metadata={"help": "DataLoader worker processes"})
+    # ---- model
+    model_name: str = field(default="RN-toy", metadata={"help": "open_clip model name (RN-toy, RN50, RN50x4)"})
+    pretrained: str | None = field(default=None, metadata={"help": "open_clip tag (openai) or local weights file "
+                                   "for the initial CLIP; None = random init"})
+    init: str | None = field(default=None, metadata={"help": "our checkpoint to start from (stage-0 CLIP for "
+                             "'regionclip'); overrides pretrained"})
+    # ---- concepts and pseudo-labels (regionclip)
+    concept_min_count: int = field(default=1, metadata={"help": "keep caption nouns seen at least this often "
+                                   "(paper: 100)"})
+    max_concepts: int | None = field(default=None, metadata={"help": "cap on the concept pool size"})
+    templates: str = field(default="ensemble", metadata={"help": "'ensemble' (~80 prompts) or 'single'"})
+    concept_cache: str | None = field(default="data/cache", metadata={"help": "folder caching concept embeddings"})
+    proposals: str = field(default="random", metadata={"help": "random | grid | file"})
+    proposals_per_image: int = field(default=16, metadata={"help": "regions per image (paper: 100 of 300 RPN)"})
+    proposals_file: str | None = field(default=None, metadata={"help": "json image id -> [[x1,y1,x2,y2,score]] in "
+                                       "the pixels of the image as the model sees it (after region_scale)"})
+    tau: float = field(default=0.01, metadata={"help": "temperature of region losses and pseudo-labels (paper)"})
+    tau_from_teacher: bool = field(default=False, metadata={"help": "use the teacher's own 1/logit_scale as tau"})
+    pseudo_threshold: float = field(default=0.1, metadata={"help": "keep region iff max concept prob > this"})
+    negatives: str = field(default="batch", metadata={"help": "region-text negatives: 'batch' or 'pool'"})
+    # ---- loss weights (the total is their weighted sum; paper: all 1)
+    w_region: float = 1.0
+    w_distill: float = 1.0
+    w_image: float = 1.0
+    # ---- optimisation
+    optimizer: str = field(default="adamw", metadata={"help": "adamw | sgd"})
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    momentum: float = 0.9
+    warmup_steps: int = 100
+    max_steps: int = 600
+    batch_size: int = field(default=16, metadata={"help": "images per step per process"})
+    grad_clip: float = field(default=5.0, metadata={"help": "max gradient norm; 0 disables"})
+    # ---- run
+    out_dir: str = "runs/toy"
+    seed: int = 0
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda"})
+    log_every: int = 10
+    ckpt_every: int = field(default=200, metadata={"help": "checkpoint every N steps (and at the end)"})
+    keep_ckpts: int = field(default=2, metadata={"help": "step checkpoints kept on disk (0 = all)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in out_dir"})
+
+
+PRESETS = {
+    "toy-clip": dict(_doc="stage 0: a tiny CLIP on the toy captions (the teacher / 'CLIP' baseline)",
+                     stage="clip", model_name="RN-toy", region_scale=1.0, lr=2e-3, weight_decay=0.1,
+                     warmup_steps=100, max_steps=2500, batch_size=64, ckpt_every=500, out_dir="runs/toy-clip"),
+    "toy": dict(_doc="RegionCLIP on the toy world from the toy-clip checkpoint", stage="regionclip",
+                init="runs/toy-clip/final.pt", model_name="RN-toy", region_scale=2.0, lr=1e-4, weight_decay=0.1,
+                warmup_steps=50, max_steps=600, batch_size=16, proposals_per_image=16, out_dir="runs/toy"),
+    "rn50-coco": dict(_doc="paper: RN50 (openai) on COCO Captions, short side 800, SGD lr 0.002",
+                      stage="regionclip", model_name="RN50", pretrained="openai",
+                      captions="data/coco/annotations/captions_train2017.json",
+                      image_root="data/coco/train2017", image_size=800, region_scale=1.0, concept_min_count=100,
+                      proposals="random", proposals_per_image=100, optimizer="sgd", lr=0.002, weight_decay=1e-4,
+                      momentum=0.9, warmup_steps=1000, max_steps=600_000, batch_size=96, device="cuda",
+                      ckpt_every=5000, out_dir="runs/rn50-coco", num_workers=8),
+    "rn50-cc3m": dict(_doc="paper: RN50 (openai) on CC3M (image_path<TAB>caption TSV), short side 800",
+                      stage="regionclip", model_name="RN50", pretrained="openai", captions="data/cc3m/train.tsv",
+                      image_root=None, image_size=800, region_scale=1.0, concept_min_count=100,
+                      proposals="random", proposals_per_image=100, optimizer="sgd", lr=0.002, weight_decay=1e-4,
+                      momentum=0.9, warmup_steps=1000, max_steps=600_000, batch_size=96, device="cuda",
+                      ckpt_every=5000, out_dir="runs/rn50-cc3m", num_workers=8),
+}
+
+
+# ---- distributed ------------------------------------------------------------------------------------------
+def init_distributed(device: str) -> tuple[int, int]:
+    """Starts torch.distributed when launched by torchrun (WORLD_SIZE > 1); returns (rank, world_size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """All-gathers (N, D) from every rank into (world * N, D), keeping the gradient path to every rank's input."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    import torch.distributed.nn.functional as dist_fn  # autograd-aware collectives
+    return torch.cat(dist_fn.all_gather(x), dim=0)  # (world * N, D)
+
+
+def check_replicas_in_sync(model) -> str:
+    """Under DDP, compares a hash of every rank's parameters with rank 0's; raises if any rank drifted."""
+    flat = torch.cat([p.detach().cpu().flatten().float() for p in model.parameters()])  # (num_params,)
+    digest = hashlib.sha256(flat.numpy().tobytes()).hexdigest()
+    digests = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"DDP ranks hold different weights after training: {digests}")
+    return f"all {len(digests)} ranks hold identical weights (sha256 {digest[:12]})"
+
+
+# ---- data order and per-step randomness: pure functions of (seed, step), for exact resume ------------------
+def step_indices(step: int, n: int, batch: int, rank: int, world: int, seed: int) -> list[int]:
+    """The dataset indices of this rank's batch at `step`: epochs are seeded permutations, last partial dropped."""
+    per_epoch = n // (batch * world)
+    if per_epoch == 0:
+        raise ValueError(f"dataset has {n} images, fewer than one global batch of {batch * world}")
+    epoch, pos = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    start = (pos * world + rank) * batch
+    return perm[start:start + batch].tolist()
+
+
+class StepSampler(torch.utils.data.Sampler):
+    def __init__(self, n, batch, rank, world, seed, start, stop):
+        self.args, self.start, self.stop = (n, batch, rank, world, seed), start, stop
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield step_indices(step, *self.args)
+
+    def __len__(self):
+        return self.stop - self.start
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 101 + rank) % (2 ** 63))
+
+
+def make_proposals(cfg, images, image_ids, proposals_table, g) -> list[torch.Tensor]:
+    """One (R_i, 4) xyxy box tensor per image, in the pixels of `images` (B, 3, H, W)."""
+    h, w = images.shape[-2:]
+    if cfg.proposals == "random":
+        return [random_boxes(cfg.proposals_per_image, h, w, generator=g) for _ in range(len(images))]
+    if cfg.proposals == "grid":
+        return [grid_boxes(h, w)[: cfg.proposals_per_image] for _ in range(len(images))]
+    boxes = []
+    for i in image_ids.tolist():
+        if i not in proposals_table:
+            raise KeyError(f"{cfg.proposals_file}: no proposals for image id {i}")
+        boxes.append(proposals_table[i][: cfg.proposals_per_image, :4].float())
+    return boxes
+
+
+# ---- models -----------------------------------------------------------------------------------------------
+def build_models(cfg, device):
+    """(student CLIP, teacher CLIP or None, tokenizer). The teacher is frozen; the student's frozen parts too."""
+    weights = cfg.init if cfg.init is not None else cfg.pretrained
+    student, tokenizer = load_clip(cfg.model_name, weights, device=device)
+    if cfg.stage == "clip":
+        student.train()
+        return student, None, tokenizer
+    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    student.requires_grad_(False)
+    visual = student.visual
+    for name in ("layer2", "layer3", "layer4", "attnpool"):  # paper: stem and layer1 frozen (DESIGN §4)
+        getattr(visual, name).requires_grad_(True)
+    return student, teacher, tokenizer
+
+
+def trainable_parameters(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def make_optimizer(cfg, params):
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]  # biases, norms, logit_scale
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    raise ValueError(f"optimizer must be adamw or sgd, got {cfg.optimizer!r}")
+
+
+def make_scheduler(cfg, optimizer):
+    """Linear warm-up for `warmup_steps`, then cosine decay to 0 at `max_steps`."""
+    def factor(step):
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_concepts(cfg, dataset, teacher, tokenizer, device):
+    """Concept pool from the training captions (Sec. 3.1) and its prompt-ensembled embeddings (C, D)."""
+    captions = [c for _, caps, _, _ in dataset.items for c in caps]
+    concepts = build_concept_pool(captions, min_count=cfg.concept_min_count, max_concepts=cfg.max_concepts)
+    if not concepts:
+        raise ValueError(f"{cfg.captions}: no concept has at least {cfg.concept_min_count} occurrences")
+    templates = TEMPLATES if cfg.templates == "ensemble" else SINGLE_TEMPLATE
+    init_key = cfg.init or cfg.pretrained or "random"
+    if cfg.init and Path(cfg.init).is_file():  # key the cache by the checkpoint's content, not only its name
+        init_key += ":" + hashlib.sha256(Path(cfg.init).read_bytes()).hexdigest()[:16]
+    emb = concept_embeddings(teacher, tokenizer, concepts, templates, cache_dir=cfg.concept_cache,
+                             model_key=f"{cfg.model_name}|{init_key}")
+    return concepts, emb.to(device)
+
+
+# ---- the step ---------------------------------------------------------------------------------------------
+def clip_step(cfg, model, tokenizer, batch, g, device):
+    """Stage 0: open_clip's forward on whole images and one random caption each; CLIP's symmetric InfoNCE."""
+    images = batch["images"].to(device)  # (B, 3, S, S)
+    captions = [caps[torch.randint(len(caps), (1,), generator=g).item()] for caps in batch["captions"]]
+    text = tokenizer(captions).to(device)  # (B, L)
+    out = model(images, text)
+    img, txt, scale = (out["image_features"], out["text_features"], out["logit_scale"]) if isinstance(out, dict) \
+        else out[:3]
+    loss = image_text_contrastive(gather_with_grad(img), gather_with_grad(txt), tau=1.0 / scale)
+    return {"loss_image_contrastive": loss}, {"logit_scale": float(scale.detach())}
+
+
+def regionclip_step(cfg, student_enc, teacher_enc, teacher, tokenizer, concept_emb, batch, proposals_table, g,
+                    device, tau):
+    images = batch["images"].to(device)  # (B, 3, S, S)
+    if cfg.region_scale != 1.0:
+        images = F.interpolate(images, scale_factor=cfg.region_scale, mode="bicubic", align_corners=False)
+    captions = [caps[torch.randint(len(caps), (1,), generator=g).item()] for caps in batch["captions"]]
+    boxes = [b.to(device) for b in make_proposals(cfg, images, batch["image_ids"], proposals_table, g)]
+    whole = [images.new_tensor([[0.0, 0.0, images.shape[-1], images.shape[-2]]]) for _ in range(len(images))]
+    with torch.no_grad():
+        teacher_emb = teacher_enc(images, boxes)  # (R, D)
+        labels, q, keep = pseudo_label(teacher_emb, concept_emb, tau=tau, threshold=cfg.pseudo_threshold)
+        text_emb = teacher.encode_text(tokenizer(captions).to(device))  # (B, D), frozen text tower
+    # one student pass over proposals and whole-image boxes: [R_0 props, 1 whole, R_1 props, 1 whole, ...]
+    emb = student_enc(images, [torch.cat([b, w]) for b, w in zip(boxes, whole)])  # (R + B, D)
+    is_whole = torch.cat([torch.tensor([False] * len(b) + [True]) for b in boxes]).to(device)  # (R + B,)
+    region_emb, image_emb = emb[~is_whole], emb[is_whole]  # (R, D), (B, D)
+    losses = {
+        "loss_region_contrastive": region_text_contrastive(region_emb[keep], labels[keep], concept_emb, tau=tau,
+                                                           negatives=cfg.negatives),
+        "loss_distill": concept_distillation(region_emb[keep], concept_emb, q[keep], tau=tau),
+        "loss_image_contrastive": image_text_contrastive(gather_with_grad(image_emb), gather_with_grad(text_emb),
+                                                         tau=tau),
+    }
+    return losses, {"kept": keep.float().mean().item() if len(keep) else 0.0}
+
+
+# ---- main -------------------------------------------------------------------------------------------------
+def resolve_paths(cfg):
+    if cfg.image_root is None and cfg.captions.endswith(".json") and (Path(cfg.captions).parent / "images").is_dir():
+        cfg.image_root = str(Path(cfg.captions).parent / "images")  # the toy world's layout
+    return cfg
+
+
+def main(argv=None):
+    cfg, preset = parse_config(PretrainConfig, argv, PRESETS, description=__doc__.split("\n\n")[0])
+    cfg = resolve_paths(cfg)
+    if cfg.stage not in ("clip", "regionclip"):
+        raise SystemExit(f"--stage must be 'clip' or 'regionclip', got {cfg.stage!r}")
+    if cfg.proposals not in ("random", "grid", "file"):
+        raise SystemExit(f"--proposals must be random, grid or file, got {cfg.proposals!r} (RPN proposals: write "
+                         "them to a proposals file)")
+    rank, world = init_distributed(cfg.device)
+    device = torch.device(cfg.device if cfg.device != "cuda" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    main_proc = rank == 0
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if main_proc:
+        print(f"resolved config (preset {preset}, {world} process{'es' if world > 1 else ''}):\n{format_config(cfg)}")
+        (out / "config.json").write_text(format_config(cfg))
+
+    dataset = ImageCaptionDataset(cfg.captions, cfg.image_root, image_size=cfg.image_size, train=False)
+    if main_proc:
+        print(dataset.summary())
+    if not dataset.items[0][0].is_file():  # a wrong image_root would otherwise skip every image, silently
+        raise SystemExit(f"{cfg.captions}: first image {dataset.items[0][0]} not found; is --image_root right?")
+    student, teacher, tokenizer = build_models(cfg, device)
+    concepts, concept_emb, teacher_enc, proposals_table, tau = [], None, None, {}, cfg.tau
+    if cfg.stage == "regionclip":
+        concepts, concept_emb = build_concepts(cfg, dataset, teacher, tokenizer, device)
+        teacher_enc = RegionEncoder(teacher.visual).eval()
+        if cfg.tau_from_teacher:
+            tau = 1.0 / teacher.logit_scale.exp().item()
+        if cfg.proposals == "file":
+            proposals_table = load_proposals_file(cfg.proposals_file)
+        if main_proc:
+            print(f"concept pool: {len(concepts)} concepts ({concept_backend()}), e.g. {', '.join(concepts[:12])}; "
+                  f"tau {tau:.4f}")
+        trained = RegionEncoder(student.visual)
+    else:
+        trained = student
+    trained.train()
+    params = trainable_parameters(trained)
+    optimizer = make_optimizer(cfg, params)
+    scheduler = make_scheduler(cfg, optimizer)
+    start = 0
+    if cfg.resume and (last := ckpt.latest_checkpoint(out)) is not None:
+        state = ckpt.load_checkpoint(last, map_location=device)
+        student.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        start = state["step"]
+        if main_proc:
+            print(f"resumed from {last} at step {start}")
+    model = DDP(trained) if world > 1 else trained
+
+    def save(path, step):
+        if main_proc:
+            ckpt.save_checkpoint(path, {"model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "step": step, "rng": ckpt.rng_state(),
+                                        "config": config_to_dict(cfg), "model_name": cfg.model_name,
+                                        "stage": cfg.stage, "concepts": concepts})
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=StepSampler(len(dataset), cfg.batch_size, rank, world, cfg.seed, start, cfg.max_steps),
+        collate_fn=collate_image_caption, num_workers=cfg.num_workers, persistent_workers=False)
+    metrics = open(out / "metrics.jsonl", "a") if main_proc else None
+    bar = tqdm(total=cfg.max_steps, initial=start, desc=f"{cfg.stage}", disable=not main_proc, dynamic_ncols=True)
+    step, t0 = start, time.time()
+    for batch in loader:
+        g = step_generator(cfg.seed, step, rank)
+        if batch is None:  # every image of this batch was unreadable (counted in the dataset summary)
+            step += 1
+            scheduler.step()
+            continue
+        if cfg.hflip:
+            flip = torch.rand(len(batch["images"]), generator=g) < 0.5  # (B,)
+            batch["images"][flip] = batch["images"][flip].flip(-1)
+        if cfg.stage == "clip":
+            losses, info = clip_step(cfg, model, tokenizer, batch, g, device)
+        else:
+            losses, info = regionclip_step(cfg, model, teacher_enc, teacher, tokenizer, concept_emb, batch,
+                                           proposals_table, g, device, tau)
+        weights = {"loss_region_contrastive": cfg.w_region, "loss_distill": cfg.w_distill,
+                   "loss_image_contrastive": cfg.w_image}
+        total = sum(weights[k] * v for k, v in losses.items())
+        values = {k: v.item() for k, v in losses.items()}
+        if not all(math.isfinite(v) for v in values.values()) or not math.isfinite(total.item()):
+            bad = [k for k, v in values.items() if not math.isfinite(v)]
+            last = ckpt.latest_checkpoint(out)
+            raise SystemExit(f"non-finite loss at step {step}: {bad or ['total']} in {values}. Stopped; the last good "
+                             f"checkpoint is {last} (resume with --resume, perhaps with a lower --lr)")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        if cfg.stage == "clip":
+            with torch.no_grad():  # CLIP clamps the learned logit scale at 100
+                student.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        bar.update(1)
+        bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in values.items()} |
+                        {k: f"{v:.2f}" for k, v in info.items()})
+        if main_proc and (step % cfg.log_every == 0 or step == cfg.max_steps):
+            metrics.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], "total": total.item(), **values,
+                                      **info, "elapsed_s": round(time.time() - t0, 1)}) + "\n")
+            metrics.flush()
+        if step % cfg.ckpt_every == 0 and step < cfg.max_steps:
+            save(ckpt.checkpoint_path(out, step), step)
+            if main_proc:
+                ckpt.prune_checkpoints(out, cfg.keep_ckpts)
+    bar.close()
+    save(ckpt.checkpoint_path(out, step), step)
+    save(out / "final.pt", step)
+    if main_proc:
+        metrics.close()
+        ckpt.prune_checkpoints(out, cfg.keep_ckpts)
+        nxt = (f"python train_pretrain.py --preset toy --init {out / 'final.pt'}" if cfg.stage == "clip" else
+               f"python eval_zeroshot.py --checkpoint {out / 'final.pt'}")
+        print(f"done: {step} steps in {time.time() - t0:.0f} s; checkpoint {out / 'final.pt'}; next: {nxt}")
+    if dist.is_initialized():
+        msg = check_replicas_in_sync(student)
+        if main_proc:
+            print(msg)
+        dist.barrier()
+        dist.destroy_process_group()
+    return out / "final.pt"
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
