@@ -17,6 +17,7 @@ Loading tags needs the internet; offline it fails fast instead of retrying for a
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import zipfile
@@ -82,10 +83,10 @@ def load_clip(model_name: str, pretrained: str | None = None, *, device: str | t
     """
     tokenizer = open_clip.get_tokenizer(model_name)
     if pretrained is None:
-        model = open_clip.create_model(model_name, device=device)
+        model = _create_unloaded(model_name, device=device)
     elif Path(pretrained).is_file() or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors"):
         state = _read_state_dict(pretrained)
-        model = open_clip.create_model(model_name, device=device)
+        model = _create_unloaded(model_name, device=device)
         _load_state_dict(model, state, pretrained, model_name)
     else:
         tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
@@ -104,12 +105,28 @@ def load_clip(model_name: str, pretrained: str | None = None, *, device: str | t
                     f"or huggingface.co is unreachable) with no cached copy. Download the weights elsewhere and "
                     f"pass the local file instead: load_clip({model_name!r}, pretrained='/path/to/weights.bin')")
             state = _read_state_dict(cached)
-            model = open_clip.create_model(model_name, device=device, force_quick_gelu=quick_gelu)
+            model = _create_unloaded(model_name, device=device, force_quick_gelu=quick_gelu)
             _load_state_dict(model, state, cached, model_name)
         else:
             model = open_clip.create_model(model_name, pretrained, device=device, cache_dir=cache_dir,
                                            force_quick_gelu=quick_gelu)
     return model.eval(), tokenizer
+
+
+class _DropRandomInitNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+def _create_unloaded(model_name: str, **kwargs) -> nn.Module:
+    """open_clip.create_model without weights, minus its 'initialized randomly' warning: random init is what
+    pretrained=None asks for, and a local file is loaded right after (a misleading line in every log otherwise)."""
+    note = _DropRandomInitNote()
+    logging.getLogger().addFilter(note)
+    try:
+        return open_clip.create_model(model_name, **kwargs)
+    finally:
+        logging.getLogger().removeFilter(note)
 
 
 def _offline() -> bool:
