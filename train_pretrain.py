@@ -75,7 +75,7 @@ class PretrainConfig:
     proposals: str = field(default="random", metadata={"help": "random | grid | file"})
     proposals_per_image: int = field(default=16, metadata={"help": "regions per image (paper: 100 of 300 RPN)"})
     proposals_file: str | None = field(default=None, metadata={"help": "json image id -> [[x1,y1,x2,y2,score]] in "
-                                       "the pixels of the image as the model sees it (after region_scale)"})
+                                       "the pixels of the image_size training image (scaled by region_scale here)"})
     tau: float = field(default=0.01, metadata={"help": "temperature of region losses and pseudo-labels (paper)"})
     tau_from_teacher: bool = field(default=False, metadata={"help": "use the teacher's own 1/logit_scale as tau"})
     pseudo_threshold: float = field(default=0.1, metadata={"help": "keep region iff max concept prob > this"})
@@ -97,6 +97,10 @@ class PretrainConfig:
     out_dir: str = "runs/toy"
     seed: int = 0
     device: str = field(default="cpu", metadata={"help": "cpu | cuda"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default, one per core); "
+                         "1 avoids thrashing on a machine shared with other jobs"})
+    channels_last: bool = field(default=True, metadata={"help": "channels-last memory format for the image tower "
+                                "(1.7x faster convolutions on CPU here; same outputs up to float rounding)"})
     log_every: int = 10
     ckpt_every: int = field(default=200, metadata={"help": "checkpoint every N steps (and at the end)"})
     keep_ckpts: int = field(default=2, metadata={"help": "step checkpoints kept on disk (0 = all)"})
@@ -154,6 +158,15 @@ def check_replicas_in_sync(model) -> str:
     return f"all {len(digests)} ranks hold identical weights (sha256 {digest[:12]})"
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drops the log lines a killed run wrote after its last checkpoint (they are redone)."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(r + "\n" for r in rows))
+        os.replace(tmp, path)
+
+
 # ---- data order and per-step randomness: pure functions of (seed, step), for exact resume ------------------
 def step_indices(step: int, n: int, batch: int, rank: int, world: int, seed: int) -> list[int]:
     """The dataset indices of this rank's batch at `step`: epochs are seeded permutations, last partial dropped."""
@@ -193,7 +206,7 @@ def make_proposals(cfg, images, image_ids, proposals_table, g) -> list[torch.Ten
     for i in image_ids.tolist():
         if i not in proposals_table:
             raise KeyError(f"{cfg.proposals_file}: no proposals for image id {i}")
-        boxes.append(proposals_table[i][: cfg.proposals_per_image, :4].float())
+        boxes.append(proposals_table[i][: cfg.proposals_per_image, :4].float() * cfg.region_scale)
     return boxes
 
 
@@ -202,6 +215,8 @@ def build_models(cfg, device):
     """(student CLIP, teacher CLIP or None, tokenizer). The teacher is frozen; the student's frozen parts too."""
     weights = cfg.init if cfg.init is not None else cfg.pretrained
     student, tokenizer = load_clip(cfg.model_name, weights, device=device)
+    if cfg.channels_last:
+        student.visual.to(memory_format=torch.channels_last)
     if cfg.stage == "clip":
         student.train()
         return student, None, tokenizer
@@ -257,6 +272,8 @@ def build_concepts(cfg, dataset, teacher, tokenizer, device):
 def clip_step(cfg, model, tokenizer, batch, g, device):
     """Stage 0: open_clip's forward on whole images and one random caption each; CLIP's symmetric InfoNCE."""
     images = batch["images"].to(device)  # (B, 3, S, S)
+    if cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     captions = [caps[torch.randint(len(caps), (1,), generator=g).item()] for caps in batch["captions"]]
     text = tokenizer(captions).to(device)  # (B, L)
     out = model(images, text)
@@ -271,6 +288,8 @@ def regionclip_step(cfg, student_enc, teacher_enc, teacher, tokenizer, concept_e
     images = batch["images"].to(device)  # (B, 3, S, S)
     if cfg.region_scale != 1.0:
         images = F.interpolate(images, scale_factor=cfg.region_scale, mode="bicubic", align_corners=False)
+    if cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     captions = [caps[torch.randint(len(caps), (1,), generator=g).item()] for caps in batch["captions"]]
     boxes = [b.to(device) for b in make_proposals(cfg, images, batch["image_ids"], proposals_table, g)]
     whole = [images.new_tensor([[0.0, 0.0, images.shape[-1], images.shape[-2]]]) for _ in range(len(images))]
@@ -313,6 +332,8 @@ def main(argv=None):
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     if main_proc:
         print(f"resolved config (preset {preset}, {world} process{'es' if world > 1 else ''}):\n{format_config(cfg)}")
         (out / "config.json").write_text(format_config(cfg))
@@ -350,6 +371,7 @@ def main(argv=None):
         ckpt.set_rng_state(state["rng"])
         start = state["step"]
         if main_proc:
+            truncate_metrics(out / "metrics.jsonl", start)
             print(f"resumed from {last} at step {start}")
     model = DDP(trained) if world > 1 else trained
 

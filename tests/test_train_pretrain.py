@@ -68,7 +68,7 @@ def test_region_losses_fall(toy_world, stage0_run, tmp_path):
 
 
 def test_resume_gives_identical_weights(toy_world, stage0_run, tmp_path):
-    args = ["--max_steps", "6", "--ckpt_every", "3", "--keep_ckpts", "0"]
+    args = ["--max_steps", "6", "--ckpt_every", "3", "--keep_ckpts", "0", "--log_every", "1"]
     a, b = tmp_path / "a", tmp_path / "b"
     train_pretrain.main(_rc_args(toy_world, stage0_run, a, *args))
     train_pretrain.main(_rc_args(toy_world, stage0_run, b, *args))
@@ -78,6 +78,11 @@ def test_resume_gives_identical_weights(toy_world, stage0_run, tmp_path):
     train_pretrain.main(_rc_args(toy_world, stage0_run, b, *args, "--resume", "true"))
     wa, wb = load_checkpoint(a / "final.pt")["model"], load_checkpoint(b / "final.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the log has each step once (the killed run's lines after step 3 were dropped), with the same losses
+    drop = ("elapsed_s",)
+    rows_a = [{k: v for k, v in r.items() if k not in drop} for r in _metrics(a)]
+    rows_b = [{k: v for k, v in r.items() if k not in drop} for r in _metrics(b)]
+    assert [r["step"] for r in rows_b] == list(range(1, 7)) and rows_a == rows_b
     # and the comparison can fail: a different seed gives different weights
     c = tmp_path / "c"
     train_pretrain.main(_rc_args(toy_world, stage0_run, c, *args, "--seed", "1"))
@@ -132,3 +137,27 @@ def test_two_process_gloo_run_keeps_ranks_identical(toy_world, stage0_run, tmp_p
     assert "ranks hold identical weights" in res.stdout + res.stderr
     assert "2 processes" in res.stdout
     assert len(_metrics(out)) >= 1
+
+
+@pytest.mark.parametrize("source", ["grid", "file"])
+def test_other_proposal_sources(source, toy_world, stage0_run, tmp_path):
+    extra = ["--proposals", source, "--max_steps", "2", "--log_every", "1"]
+    if source == "file":  # one box per ground-truth object, in training-image pixels
+        inst = json.loads(Path(toy_world["instances_train_all"]).read_text())
+        table = {}
+        for a in inst["annotations"]:
+            x, y, w, h = a["bbox"]
+            table.setdefault(str(a["image_id"]), []).append([x, y, x + w, y + h, 1.0])
+        for im in inst["images"]:
+            table.setdefault(str(im["id"]), [[0, 0, 64, 64, 0.5]])
+        (tmp_path / "props.json").write_text(json.dumps(table))
+        extra += ["--proposals_file", str(tmp_path / "props.json")]
+    out = tmp_path / source
+    train_pretrain.main(_rc_args(toy_world, stage0_run, out, *extra))
+    assert len(_metrics(out)) == 2
+
+
+def test_missing_images_stop_with_a_clear_message(toy_world, tmp_path):
+    with pytest.raises(SystemExit, match="image_root"):
+        train_pretrain.main(["--preset", "toy-clip", "--captions", toy_world["captions_train"], "--image_root",
+                             str(tmp_path), "--out_dir", str(tmp_path / "o"), "--max_steps", "1"])
