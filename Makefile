@@ -6,8 +6,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 DATA   ?= data/toy
 SEED   ?= 0
-TOY_NUM_TRAIN ?= 2000
-TOY_NUM_VAL   ?= 300
+TOY_NUM_TRAIN ?= 8000
+TOY_NUM_VAL   ?= 500
 
 .PHONY: help venv toy test clean
 help:  ## list the targets
