@@ -164,6 +164,7 @@ def _lexicon_context(tagged: list[tuple[str, str]]) -> list[tuple[str, str]]:
        is a noun:  "a/DT stop/VB sign/NN" -> stop/NN      "a teddy/NN bear/VB sitting/VBG"  -> bear/NN
     d. a 3rd-person verb or adjective reading between an opener and a phrase boundary is the head noun:
          "three/CD crosses/VBZ ,/,"  -> NNS     "a/DT purple/JJ square/JJ ./."  -> square/NN
+         "two/CD red/JJ crosses/VBZ and/CC" -> crosses/NNS, red stays JJ
        ("a red, white and blue kite": and/comma + adjective is no boundary; "very red ." stays JJ);
     e. a plural after the subject's singular noun, before any verb, followed by an object or a particle,
        is the verb:  "a woman/NN cuts/NNS a/DT"  -> cuts/VBZ    "a person skis/NNS down" -> skis/VBZ
@@ -183,7 +184,9 @@ def _lexicon_context(tagged: list[tuple[str, str]]) -> list[tuple[str, str]]:
             after = nxt(i)
             if after in ("CC", ",") and i + 2 < n and tags[i + 2].startswith("JJ"):
                 after = "JJ"
-            if after in _BOUNDARY and not (tag == "JJ" and prev.startswith("JJ")):
+            # "two red crosses and": the 3rd-person verb reading ending the phrase is the plural head, not "red"
+            plural_head_next = tag == "JJ" and after == "VBZ" and (tags[i + 2] if i + 2 < n else "END") in _BOUNDARY
+            if after in _BOUNDARY and not (tag == "JJ" and prev.startswith("JJ")) and not plural_head_next:
                 tags[i] = "NNS" if tag == "VBZ" else "NN"
         elif prev == "NN" and tag in ("VB", "VBP") and words[i] not in _AUX \
                 and (nxt(i) in _BOUNDARY or nxt(i).startswith("VB")) \

@@ -181,3 +181,25 @@ def test_concept_embeddings_cache(toy_clip, tmp_path, monkeypatch):
     assert key("m", templates, names) != key("m", templates, names[::-1]) != key("m", templates[:1], names)
     with pytest.raises(ValueError):
         concepts.concept_embeddings(model, tokenizer, [], templates, model_key="toy/s0")
+
+
+def test_colour_before_a_verb_like_plural_is_not_the_noun():
+    # the offline lexicon reads "crosses" as a verb; the colour before it must not become the head noun
+    assert noun_phrases("two red crosses and a yellow crescent") == ["cross", "crescent"]
+    assert noun_phrases("some yellow crosses") == ["cross"]
+    assert noun_phrases("A man crosses the street.") == ["man", "street"]
+
+
+def test_pool_of_many_toy_captions_is_exactly_shapes_and_fillers():
+    """3,000 captions from the toy world's caption generator (no rendering): nothing but shapes and fillers."""
+    import numpy as np
+
+    from regionclip_min import toyworld
+
+    rng = np.random.default_rng(0)
+    caps = []
+    for _ in range(3000):
+        n = int(rng.integers(1, 5))
+        objs = [(toyworld.SHAPES[rng.integers(12)], list(toyworld.COLORS)[rng.integers(6)]) for _ in range(n)]
+        caps.append(toyworld._caption(rng, objs, object_centric=n == 1 and rng.random() < 0.5))
+    assert set(build_concept_pool(caps)) == set(toyworld.SHAPES) | set(toyworld.FILLER_NOUNS)
