@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 2 train_pretrain.py --preset toy      # the same under DDP (gloo on CPU)
 
 One RegionCLIP step (DESIGN.md §1, §4):
-    images + captions -> proposals (random | grid | file) on images enlarged by `region_scale`
+    images + captions -> proposals (random | grid | file | rpn) on images enlarged by `region_scale`
     teacher (frozen image-level CLIP): region embeddings -> pseudo_label -> (y, q, keep)          [no_grad]
     student: region embeddings of the proposals and of the whole-image box
     L = w_region * L_region_contrastive(kept) + w_distill * L_distill(kept) + w_image * L_image_contrastive
@@ -40,9 +40,11 @@ from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, load_clip
 from regionclip_min.concepts import backend as concept_backend
 from regionclip_min.concepts import build_concept_pool, concept_embeddings
 from regionclip_min.data import ImageCaptionDataset, collate_image_caption
+from regionclip_min.detector import load_rpn, propose
 from regionclip_min.losses import concept_distillation, image_text_contrastive, region_text_contrastive
 from regionclip_min.pseudo_labels import pseudo_label
 from regionclip_min.regions import RegionEncoder, grid_boxes, load_proposals_file, random_boxes
+from regionclip_min.steps import StepSampler, step_generator
 
 
 @dataclass
@@ -72,10 +74,14 @@ class PretrainConfig:
     max_concepts: int | None = field(default=None, metadata={"help": "cap on the concept pool size"})
     templates: str = field(default="ensemble", metadata={"help": "'ensemble' (~80 prompts) or 'single'"})
     concept_cache: str | None = field(default="data/cache", metadata={"help": "folder caching concept embeddings"})
-    proposals: str = field(default="random", metadata={"help": "random | grid | file"})
+    proposals: str = field(default="random", metadata={"help": "random | grid | file | rpn"})
     proposals_per_image: int = field(default=16, metadata={"help": "regions per image (paper: 100 of 300 RPN)"})
     proposals_file: str | None = field(default=None, metadata={"help": "json image id -> [[x1,y1,x2,y2,score]] in "
                                        "the pixels of the image_size training image (scaled by region_scale here)"})
+    rpn_checkpoint: str | None = field(default=None, metadata={"help": "class-agnostic RPN from train_detect.py "
+                                       "--preset toy-rpn, for --proposals rpn"})
+    rpn_top_k: int = field(default=300, metadata={"help": "rpn: keep the top-k boxes after NMS 0.5, then sample "
+                           "proposals_per_image of them at random (paper: 300, 100)"})
     tau: float = field(default=0.01, metadata={"help": "temperature of region losses and pseudo-labels (paper)"})
     tau_from_teacher: bool = field(default=False, metadata={"help": "use the teacher's own 1/logit_scale as tau"})
     pseudo_threshold: float = field(default=0.1, metadata={"help": "keep region iff max concept prob > this"})
@@ -167,37 +173,13 @@ def truncate_metrics(path: Path, step: int) -> None:
         os.replace(tmp, path)
 
 
-# ---- data order and per-step randomness: pure functions of (seed, step), for exact resume ------------------
-def step_indices(step: int, n: int, batch: int, rank: int, world: int, seed: int) -> list[int]:
-    """The dataset indices of this rank's batch at `step`: epochs are seeded permutations, last partial dropped."""
-    per_epoch = n // (batch * world)
-    if per_epoch == 0:
-        raise ValueError(f"dataset has {n} images, fewer than one global batch of {batch * world}")
-    epoch, pos = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    start = (pos * world + rank) * batch
-    return perm[start:start + batch].tolist()
-
-
-class StepSampler(torch.utils.data.Sampler):
-    def __init__(self, n, batch, rank, world, seed, start, stop):
-        self.args, self.start, self.stop = (n, batch, rank, world, seed), start, stop
-
-    def __iter__(self):
-        for step in range(self.start, self.stop):
-            yield step_indices(step, *self.args)
-
-    def __len__(self):
-        return self.stop - self.start
-
-
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 101 + rank) % (2 ** 63))
-
-
-def make_proposals(cfg, images, image_ids, proposals_table, g) -> list[torch.Tensor]:
-    """One (R_i, 4) xyxy box tensor per image, in the pixels of `images` (B, 3, H, W)."""
+def make_proposals(cfg, images, image_ids, proposals_table, rpn, g) -> list[torch.Tensor]:
+    """One (R_i, 4) xyxy box tensor per image, in the pixels of `images` (B, 3, H, W), CLIP-normalised."""
     h, w = images.shape[-2:]
+    if cfg.proposals == "rpn":  # paper: RPN boxes after NMS 0.5, top 300, a random subset per image
+        boxes = propose(rpn, images, cfg.rpn_top_k, clip_normalized=True, nms_thresh=0.5)
+        return [b[torch.randperm(len(b), generator=g)[: cfg.proposals_per_image].sort().values.to(b.device)]
+                for b in boxes]
     if cfg.proposals == "random":
         return [random_boxes(cfg.proposals_per_image, h, w, generator=g) for _ in range(len(images))]
     if cfg.proposals == "grid":
@@ -283,7 +265,7 @@ def clip_step(cfg, model, tokenizer, batch, g, device):
     return {"loss_image_contrastive": loss}, {"logit_scale": float(scale.detach())}
 
 
-def regionclip_step(cfg, student_enc, teacher_enc, teacher, tokenizer, concept_emb, batch, proposals_table, g,
+def regionclip_step(cfg, student_enc, teacher_enc, teacher, tokenizer, concept_emb, batch, proposals_table, rpn, g,
                     device, tau):
     images = batch["images"].to(device)  # (B, 3, S, S)
     if cfg.region_scale != 1.0:
@@ -291,7 +273,7 @@ def regionclip_step(cfg, student_enc, teacher_enc, teacher, tokenizer, concept_e
     if cfg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     captions = [caps[torch.randint(len(caps), (1,), generator=g).item()] for caps in batch["captions"]]
-    boxes = [b.to(device) for b in make_proposals(cfg, images, batch["image_ids"], proposals_table, g)]
+    boxes = [b.to(device) for b in make_proposals(cfg, images, batch["image_ids"], proposals_table, rpn, g)]
     whole = [images.new_tensor([[0.0, 0.0, images.shape[-1], images.shape[-2]]]) for _ in range(len(images))]
     with torch.no_grad():
         teacher_emb = teacher_enc(images, boxes)  # (R, D)
@@ -323,9 +305,10 @@ def main(argv=None):
     cfg = resolve_paths(cfg)
     if cfg.stage not in ("clip", "regionclip"):
         raise SystemExit(f"--stage must be 'clip' or 'regionclip', got {cfg.stage!r}")
-    if cfg.proposals not in ("random", "grid", "file"):
-        raise SystemExit(f"--proposals must be random, grid or file, got {cfg.proposals!r} (RPN proposals: write "
-                         "them to a proposals file)")
+    if cfg.proposals not in ("random", "grid", "file", "rpn"):
+        raise SystemExit(f"--proposals must be random, grid, file or rpn, got {cfg.proposals!r}")
+    if cfg.proposals == "rpn" and not cfg.rpn_checkpoint:
+        raise SystemExit("--proposals rpn needs --rpn_checkpoint (train one: python train_detect.py --preset toy-rpn)")
     rank, world = init_distributed(cfg.device)
     device = torch.device(cfg.device if cfg.device != "cuda" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     main_proc = rank == 0
@@ -344,7 +327,7 @@ def main(argv=None):
     if not dataset.items[0][0].is_file():  # a wrong image_root would otherwise skip every image, silently
         raise SystemExit(f"{cfg.captions}: first image {dataset.items[0][0]} not found; is --image_root right?")
     student, teacher, tokenizer = build_models(cfg, device)
-    concepts, concept_emb, teacher_enc, proposals_table, tau = [], None, None, {}, cfg.tau
+    concepts, concept_emb, teacher_enc, proposals_table, rpn, tau = [], None, None, {}, None, cfg.tau
     if cfg.stage == "regionclip":
         concepts, concept_emb = build_concepts(cfg, dataset, teacher, tokenizer, device)
         teacher_enc = RegionEncoder(teacher.visual).eval()
@@ -352,6 +335,8 @@ def main(argv=None):
             tau = 1.0 / teacher.logit_scale.exp().item()
         if cfg.proposals == "file":
             proposals_table = load_proposals_file(cfg.proposals_file)
+        if cfg.proposals == "rpn":
+            rpn = load_rpn(cfg.rpn_checkpoint, device)
         if main_proc:
             print(f"concept pool: {len(concepts)} concepts ({concept_backend()}), e.g. {', '.join(concepts[:12])}; "
                   f"tau {tau:.4f}")
@@ -401,7 +386,7 @@ def main(argv=None):
             losses, info = clip_step(cfg, model, tokenizer, batch, g, device)
         else:
             losses, info = regionclip_step(cfg, model, teacher_enc, teacher, tokenizer, concept_emb, batch,
-                                           proposals_table, g, device, tau)
+                                           proposals_table, rpn, g, device, tau)
         weights = {"loss_region_contrastive": cfg.w_region, "loss_distill": cfg.w_distill,
                    "loss_image_contrastive": cfg.w_image}
         total = sum(weights[k] * v for k, v in losses.items())

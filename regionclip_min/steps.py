@@ -1,0 +1,39 @@
+"""Data order and per-step randomness as pure functions of (seed, step), shared by the training scripts.
+
+Because a step's batch indices and its torch.Generator depend only on (seed, step, rank), a run resumed from a
+checkpoint at step k draws exactly what an uninterrupted run draws from step k on: no sampler or RNG state of the
+data pipeline has to be saved. Epochs are seeded permutations; the last partial global batch is dropped.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def step_indices(step: int, n: int, batch: int, rank: int, world: int, seed: int) -> list[int]:
+    """The dataset indices of this rank's batch at `step`: epochs are seeded permutations, last partial dropped."""
+    per_epoch = n // (batch * world)
+    if per_epoch == 0:
+        raise ValueError(f"dataset has {n} images, fewer than one global batch of {batch * world}")
+    epoch, pos = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    start = (pos * world + rank) * batch
+    return perm[start:start + batch].tolist()
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """A DataLoader batch_sampler yielding `step_indices` for steps start..stop-1 (resume: start = saved step)."""
+
+    def __init__(self, n, batch, rank, world, seed, start, stop):
+        self.args, self.start, self.stop = (n, batch, rank, world, seed), start, stop
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield step_indices(step, *self.args)
+
+    def __len__(self):
+        return self.stop - self.start
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The generator for everything random in one step of one rank (flips, caption choice, random boxes)."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 101 + rank) % (2 ** 63))
