@@ -1,0 +1,386 @@
+"""Open-vocabulary Faster R-CNN from a (Region)CLIP ResNet: the paper's transfer to detection (Sec. 3.3, 4.1).
+
+torchvision's Faster R-CNN, assembled by injection from these parts (DESIGN.md §4, "Transfer"):
+
+    images -> GeneralizedRCNNTransform (resize to min_size/max_size, CLIP mean/std)
+           -> CLIPBackbone: CLIP stem..layer3, the res4 map (stride 16), one level
+           -> RPN (torchvision's, single level) -> proposals, xyxy pixels of the resized image
+           -> AlignedRoIPool: roi_align(aligned=True) to P x P, P = 2 x the attention-pool grid
+           -> CLIPBoxHead: CLIP layer4 + attnpool -> region embedding v (R, D)
+           -> TextEmbeddingPredictor:  logit_k = cos(v, e_k) / tau  (k = 1..K),  logit_0 = 0 (background)
+                                       deltas  = Linear(D, 4)(v), one class-agnostic box, repeated K + 1 times
+    training loss (FocalRoIHeads): sum_i w_i (1 - p_i(y_i))^gamma CE_i / sum_i w_i, w = background_weight on
+    background rows (COCO recipe gamma 0.5, weight 0.2; gamma 0, weight 1 = plain CE), plus smooth-L1 on the box.
+
+The class embeddings e_k are frozen, L2-normalised class-name text embeddings (prompt ensemble). They are a
+non-persistent buffer: `set_vocabulary` swaps base names for base + novel (or any list) without touching a weight.
+Background is torchvision's index 0; class k of the vocabulary is label k + 1 (DESIGN.md §3).
+
+Two RPN modes:
+  - "joint" (torchvision's default): the RPN head is trained with the detector on the shared res4 map;
+  - "offline" (the paper's): a class-agnostic `ProposalNetwork` trained alone on base boxes (train_detect.py
+    --preset toy-rpn), frozen and wrapped by `FrozenRPN`; it runs its own backbone on the detector's resized,
+    CLIP-normalised images and contributes no loss.
+`propose` serves the same ProposalNetwork's boxes to RegionCLIP pretraining (Sec. 3.1 proposals).
+
+Why GeneralizedRCNN and not FasterRCNN(...): FasterRCNN's constructor only accepts a MultiScaleRoIAlign pooler,
+which does not use aligned=True (DESIGN.md §3); so we assemble exactly the parts its constructor assembles
+(transform, RPN, RoIHeads) and hand them to its base class. Left out: FPN, masks, multi-GPU BatchNorm, the
+official code's learnable background embedding variants.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import nms, roi_align
+
+from regionclip_min.checkpoint import load_checkpoint
+from regionclip_min.clip_model import load_clip
+from regionclip_min.data import CLIP_MEAN, CLIP_STD
+from regionclip_min.losses import focal_scaled_cross_entropy
+from regionclip_min.regions import STRIDE, check_boxes
+
+
+class _FrozenBatchNorm(nn.Module):
+    """Base for CLIP parts: BatchNorm parameters get requires_grad=False at construction (`_freeze_bn`) and every
+    BatchNorm stays in eval mode whatever `train()` is told (frozen statistics, as RegionEncoder does)."""
+
+    def _freeze_bn(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+
+class CLIPBackbone(_FrozenBatchNorm):
+    """CLIP ModifiedResNet stem..layer3 as a one-level torchvision backbone: (B, 3, H, W) CLIP-normalised ->
+    (B, C4, H/16, W/16). Shares (does not copy) the modules of `visual` and keeps their upstream names, so
+    `backbone.state_dict()` keys are `visual`'s (conv1.weight, layer3.0.bn1...). Stem and layer1 are frozen
+    (`freeze_stem_and_layer1`, the paper's student convention); BatchNorm is always frozen."""
+
+    def __init__(self, visual: nn.Module, *, freeze_stem_and_layer1: bool = True):
+        super().__init__()
+        for name in ("conv1", "bn1", "act1", "conv2", "bn2", "act2", "conv3", "bn3", "act3", "avgpool",
+                     "layer1", "layer2", "layer3"):
+            setattr(self, name, getattr(visual, name))
+        self.out_channels = visual.layer3[-1].bn3.num_features  # C4 (torchvision reads this attribute)
+        if freeze_stem_and_layer1:
+            for name in ("conv1", "conv2", "conv3", "layer1"):
+                getattr(self, name).requires_grad_(False)
+        self._freeze_bn()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(images)))  # (B, w/2, H/2, W/2), w = stem width; open_clip's stem order
+        x = self.act2(self.bn2(self.conv2(x)))  # (B, w/2, H/2, W/2)
+        x = self.avgpool(self.act3(self.bn3(self.conv3(x))))  # (B, w, H/4, W/4)
+        return self.layer3(self.layer2(self.layer1(x)))  # (B, C4, H/16, W/16)
+
+
+class AlignedRoIPool(nn.Module):
+    """Our RoI pooler for torchvision's RoIHeads: roi_align(aligned=True, scale 1/16) on the single res4 map.
+
+    Called as box_roi_pool(features, proposals, image_shapes) with features {"0": (B, C4, H/16, W/16)} and
+    proposals B tensors (R_i, 4) xyxy pixels of the resized image; returns (R, C4, P, P). Checks one box list per
+    image before roi_align (which on CPU reads and writes past the map otherwise, DESIGN.md §3)."""
+
+    def __init__(self, pooler_size: int, sampling_ratio: int = 0):
+        super().__init__()
+        self.pooler_size, self.sampling_ratio = pooler_size, sampling_ratio
+
+    def forward(self, features: dict, proposals: list[torch.Tensor], image_shapes=None) -> torch.Tensor:
+        fmap = features["0"] if isinstance(features, dict) else features  # (B, C4, H/16, W/16)
+        check_boxes(proposals, fmap.shape[0])
+        rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1)  # (R_i, 5): image index, xyxy
+                          for i, b in enumerate(proposals)]).to(fmap)  # (R, 5)
+        P = self.pooler_size
+        return roi_align(fmap, rois, (P, P), 1.0 / STRIDE, self.sampling_ratio, True)  # (R, C4, P, P)
+
+
+class CLIPBoxHead(_FrozenBatchNorm):
+    """CLIP layer4 (res5) + attention pool as the box head: (R, C4, P, P) -> (R, D) region embeddings, not
+    normalised. Shares the modules of `visual` (upstream names); BatchNorm frozen."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.layer4, self.attnpool = visual.layer4, visual.attnpool
+        tokens = visual.attnpool.positional_embedding.shape[0]  # grid * grid + 1
+        self.pooler_size = 2 * round((tokens - 1) ** 0.5)  # P: layer4 halves it back to the attnpool grid
+        self._freeze_bn()
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.attnpool(self.layer4(pooled))  # (R, C5, P/2, P/2) -> (R, D)
+
+
+class TextEmbeddingPredictor(nn.Module):
+    """Classifier = frozen class-name embeddings (Sec. 3.3): logits (R, K + 1) with column 0 the background, whose
+    logit is the constant 0 (a frozen all-zero embedding, as the official code); regression is class-agnostic.
+
+        logits[:, 0] = 0,   logits[:, k] = cos(v, e_k) / tau   (k = 1..K)
+        deltas       = Linear(D, 4)(v), repeated K + 1 times -> (R, 4 (K + 1)), the shape torchvision's
+                       RoIHeads.postprocess_detections decodes per class (every class gets the same box).
+
+    Args:
+        class_embeddings: (K, D) float text embeddings (normalised here); a non-persistent buffer.
+        tau: temperature (paper 0.01: logit scale 100).
+    """
+
+    def __init__(self, class_embeddings: torch.Tensor, tau: float = 0.01):
+        super().__init__()
+        self.tau = tau
+        self.register_buffer("class_embeddings", torch.empty(0), persistent=False)
+        self.set_class_embeddings(class_embeddings)
+        self.bbox_pred = nn.Linear(class_embeddings.shape[1], 4)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)  # start near "keep the proposal"
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def set_class_embeddings(self, class_embeddings: torch.Tensor) -> None:
+        """Swap the vocabulary: (K', D) embeddings, any K' >= 1; weights are untouched."""
+        if class_embeddings.ndim != 2 or len(class_embeddings) == 0:
+            raise ValueError(f"class_embeddings must be (K, D) with K >= 1, got {tuple(class_embeddings.shape)}")
+        if self.class_embeddings.numel() and class_embeddings.shape[1] != self.class_embeddings.shape[1]:
+            raise ValueError(f"new class embeddings have D = {class_embeddings.shape[1]}, the model "
+                             f"{self.class_embeddings.shape[1]}")
+        device = self.class_embeddings.device
+        self.class_embeddings = F.normalize(class_embeddings.detach().float(), dim=-1).to(device)  # (K, D)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = F.normalize(x, dim=-1)  # (R, D)
+        cls = v @ self.class_embeddings.t() / self.tau  # (R, K)
+        logits = torch.cat([cls.new_zeros(len(cls), 1), cls], dim=1)  # (R, K + 1)
+        deltas = self.bbox_pred(x).repeat(1, logits.shape[1])  # (R, 4 (K + 1)), class-agnostic
+        return logits, deltas
+
+
+class FocalRoIHeads(RoIHeads):
+    """torchvision's RoIHeads with the paper's classification loss (Sec. 3.3) and a class-agnostic box loss.
+
+    torchvision computes its box loss in a module-level function (`fastrcnn_loss`, plain CE) that offers no hook;
+    this override keeps its sampling (`select_training_samples`) and inference (`postprocess_detections`) and
+    replaces only the loss. Boxes only: masks and keypoints are not supported.
+    """
+
+    def __init__(self, *args, focal_gamma: float = 0.5, background_weight: float = 0.2, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.focal_gamma, self.background_weight = focal_gamma, background_weight
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if self.training:  # sample positives/negatives, attach labels (0 = background) and box targets
+            proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+        x = self.box_head(self.box_roi_pool(features, proposals, image_shapes))  # (R, D)
+        class_logits, box_regression = self.box_predictor(x)  # (R, K + 1), (R, 4 (K + 1))
+        if not self.training:
+            boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+            return [{"boxes": b, "labels": l, "scores": s} for b, l, s in zip(boxes, labels, scores)], {}
+        labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)  # (R,), (R, 4)
+        loss_classifier = focal_scaled_cross_entropy(class_logits, labels, self.focal_gamma, self.background_weight)
+        pos = torch.where(labels > 0)[0]  # foreground rows; none for an image without boxes
+        # smooth-L1 on the class-agnostic deltas (columns 0..3; all K + 1 groups are equal), normalised by the
+        # number of sampled RoIs as torchvision's fastrcnn_loss does
+        loss_box_reg = F.smooth_l1_loss(box_regression[pos, :4], regression_targets[pos], beta=1 / 9,
+                                        reduction="sum") / max(labels.numel(), 1)
+        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+
+
+class ScoredRPN(RegionProposalNetwork):
+    """torchvision's RPN, which returns its boxes but drops their objectness; this keeps the objectness (sigmoid) of
+    the boxes of the last call in `last_scores` (B tensors (R_i,), aligned with the boxes) for proposal files."""
+
+    def filter_proposals(self, *args):
+        boxes, scores = super().filter_proposals(*args)
+        self.last_scores = scores
+        return boxes, scores
+
+
+def _rpn(out_channels: int, *, anchor_sizes, aspect_ratios, pre_nms_top_n_train: int, pre_nms_top_n_test: int,
+         post_nms_top_n_train: int, post_nms_top_n_test: int, nms_thresh: float, batch_size_per_image: int,
+         fg_iou_thresh: float = 0.7, bg_iou_thresh: float = 0.3) -> ScoredRPN:
+    """torchvision's RPN on one feature level: len(anchor_sizes) x len(aspect_ratios) anchors per cell."""
+    anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
+    head = RPNHead(out_channels, anchors.num_anchors_per_location()[0])
+    return ScoredRPN(anchors, head, fg_iou_thresh, bg_iou_thresh, batch_size_per_image, 0.5,
+                     dict(training=pre_nms_top_n_train, testing=pre_nms_top_n_test),
+                     dict(training=post_nms_top_n_train, testing=post_nms_top_n_test), nms_thresh)
+
+
+def _transform(min_size, max_size: int) -> GeneralizedRCNNTransform:
+    """Resize (training: short side drawn from `min_size`; test: its last entry) and CLIP normalisation."""
+    sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+    return GeneralizedRCNNTransform(sizes, max_size, list(CLIP_MEAN), list(CLIP_STD))
+
+
+class ProposalNetwork(nn.Module):
+    """Class-agnostic proposal network: transform + CLIPBackbone + RPN (the paper's offline RPN, trained on base
+    boxes). Training: `model(images, targets)` -> {"loss_objectness", "loss_rpn_box_reg"}. Eval: `model(images)`
+    -> B tensors (R_i, 4) xyxy pixels of the images passed in, sorted by objectness (at most post_nms_top_n_test).
+
+    Args:
+        visual: open_clip ModifiedResNet (its stem..layer3 are shared, not copied).
+        min_size, max_size: resize of GeneralizedRCNNTransform (int or tuple of training short sides).
+        rpn_kwargs: keyword arguments of torchvision's RPN (see `_rpn`).
+    Images: list of (3, H, W) float RGB in [0, 1], any size (resized and CLIP-normalised inside).
+    """
+
+    def __init__(self, visual: nn.Module, *, min_size, max_size: int, **rpn_kwargs):
+        super().__init__()
+        self.transform = _transform(min_size, max_size)
+        self.backbone = CLIPBackbone(visual)
+        self.rpn = _rpn(self.backbone.out_channels, **rpn_kwargs)
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+        original_sizes = [tuple(im.shape[-2:]) for im in images]
+        image_list, targets = self.transform(images, targets)
+        boxes, losses = self.rpn(image_list, {"0": self.backbone(image_list.tensors)}, targets)
+        if self.training:
+            return losses
+        out = self.transform.postprocess([{"boxes": b} for b in boxes], image_list.image_sizes, original_sizes)
+        return [o["boxes"] for o in out]  # B x (R_i, 4) in the input images' pixels
+
+
+class FrozenRPN(nn.Module):
+    """A trained ProposalNetwork as the detector's RPN (offline mode): frozen, always eval, no loss.
+
+    GeneralizedRCNN calls rpn(images, features, targets) with `images` the detector's resized, CLIP-normalised
+    batch; this ignores `features` and runs the proposal network's own backbone on images.tensors, so the
+    ProposalNetwork should have been trained at the detector's min_size (both normalise with CLIP mean/std).
+    Returns the top_k_train (detector in train mode) or top_k_test highest-objectness proposals per image, xyxy
+    pixels of the resized image."""
+
+    def __init__(self, proposal_network: ProposalNetwork, *, top_k_train: int, top_k_test: int):
+        super().__init__()
+        self.net = proposal_network.requires_grad_(False).eval()
+        self.top_k_train, self.top_k_test = top_k_train, top_k_test
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def forward(self, images, features=None, targets=None):
+        with torch.no_grad():
+            boxes, _ = self.net.rpn(images, {"0": self.net.backbone(images.tensors)})
+        k = self.top_k_train if self.training else self.top_k_test
+        return [b[:k] for b in boxes], {}
+
+
+def build_detector(visual: nn.Module, class_embeddings: torch.Tensor, *, min_size=800, max_size: int = 1333,
+                   anchor_sizes=(32, 64, 128, 256, 512), aspect_ratios=(0.5, 1.0, 2.0),
+                   rpn_pre_nms_top_n_train: int = 2000, rpn_pre_nms_top_n_test: int = 1000,
+                   rpn_post_nms_top_n_train: int = 2000, rpn_post_nms_top_n_test: int = 1000,
+                   rpn_nms_thresh: float = 0.7, rpn_batch_size_per_image: int = 256,
+                   box_batch_size_per_image: int = 512, box_positive_fraction: float = 0.25,
+                   box_score_thresh: float = 0.05, box_nms_thresh: float = 0.5, detections_per_img: int = 100,
+                   tau: float = 0.01, focal_gamma: float = 0.5, background_weight: float = 0.2,
+                   sampling_ratio: int = 0, offline_rpn: ProposalNetwork | None = None) -> GeneralizedRCNN:
+    """The open-vocabulary detector of the transfer (see the module docstring).
+
+    Args:
+        visual: `model.visual` of an open_clip CLIP with a ModifiedResNet (RegionCLIP student or CLIP); its
+            modules are shared: backbone = stem..layer3 (stem, layer1 frozen), box head = layer4 + attnpool.
+        class_embeddings: (K, D) training vocabulary (e.g. base class names), frozen.
+        min_size, max_size: GeneralizedRCNNTransform resize; a tuple of short sides is sampled in training and its
+            last entry used at test (torchvision's rule), e.g. (640, ..., 800) for COCO, 256 for 128-px toy images.
+        rpn_*: torchvision RPN settings (single level: one anchor per size x ratio per res4 cell).
+        box_*: RoIHeads sampling (RoIs per image, positive fraction) and inference (score threshold, NMS, top-N).
+        tau, focal_gamma, background_weight: the predictor's temperature and the classification loss.
+        sampling_ratio: RoIAlign samples per bin (0 adaptive, exact for the whole-image box).
+        offline_rpn: None = RPN trained with the detector ("joint"); a trained ProposalNetwork = frozen
+            offline RPN giving rpn_post_nms_top_n_* proposals per image.
+    Returns:
+        torchvision GeneralizedRCNN: train mode `model(images, targets)` -> loss dict; eval `model(images)` ->
+        [{"boxes" (N, 4) xyxy pixels of the input image, "labels" (N,) in 1..K, "scores" (N,)}].
+    """
+    backbone = CLIPBackbone(visual)
+    box_head = CLIPBoxHead(visual)
+    if offline_rpn is None:
+        rpn = _rpn(backbone.out_channels, anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios,
+                   pre_nms_top_n_train=rpn_pre_nms_top_n_train, pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+                   post_nms_top_n_train=rpn_post_nms_top_n_train, post_nms_top_n_test=rpn_post_nms_top_n_test,
+                   nms_thresh=rpn_nms_thresh, batch_size_per_image=rpn_batch_size_per_image)
+    else:
+        rpn = FrozenRPN(offline_rpn, top_k_train=rpn_post_nms_top_n_train, top_k_test=rpn_post_nms_top_n_test)
+    roi_heads = FocalRoIHeads(AlignedRoIPool(box_head.pooler_size, sampling_ratio), box_head,
+                              TextEmbeddingPredictor(class_embeddings, tau),
+                              0.5, 0.5, box_batch_size_per_image, box_positive_fraction, None,  # fg/bg IoU 0.5
+                              box_score_thresh, box_nms_thresh, detections_per_img,
+                              focal_gamma=focal_gamma, background_weight=background_weight)
+    return GeneralizedRCNN(backbone, rpn, roi_heads, _transform(min_size, max_size))
+
+
+def set_vocabulary(detector: GeneralizedRCNN, class_embeddings: torch.Tensor) -> None:
+    """Swap the detector's classes, e.g. base -> base + novel names at test: K changes, no weight does."""
+    detector.roi_heads.box_predictor.set_class_embeddings(class_embeddings)
+
+
+def _visual(model_name: str, device) -> nn.Module:
+    clip, _ = load_clip(model_name, None, device=device)  # architecture only; weights come from the checkpoint
+    return clip.visual
+
+
+def load_rpn(checkpoint_path, device="cpu") -> ProposalNetwork:
+    """A ProposalNetwork from a train_detect.py --task rpn checkpoint (safe load), frozen and in eval mode."""
+    state = load_checkpoint(checkpoint_path, map_location=device)
+    if state.get("kind") != "rpn":
+        raise ValueError(f"{checkpoint_path} is not a proposal-network checkpoint (kind {state.get('kind')!r}); "
+                         f"train one with: python train_detect.py --preset toy-rpn")
+    net = ProposalNetwork(_visual(state["model_name"], device), **state["rpn_kwargs"]).to(device)
+    net.load_state_dict(state["model"])
+    return net.requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def propose(rpn: ProposalNetwork, images, top_k: int, *, clip_normalized: bool = False,
+            nms_thresh: float | None = None, with_scores: bool = False) -> list[torch.Tensor]:
+    """Class-agnostic proposals for RegionCLIP pretraining (Sec. 3.1: RPN boxes, e.g. NMS 0.5, top 300).
+
+    Args:
+        rpn: from `load_rpn`.
+        images: (B, 3, H, W) tensor or list of (3, H_i, W_i), float RGB at any scale: in [0, 1], or CLIP-normalised
+            if `clip_normalized` (undone here). The network resizes them to its own min_size internally.
+        top_k: at most this many boxes per image, highest objectness first.
+        nms_thresh: an extra NMS at this IoU (the RPN's own NMS is 0.7), or None.
+        with_scores: append each box's objectness in [0, 1] as a fifth column (the proposals-file rows).
+    Returns:
+        B tensors (R_i, 4) (or (R_i, 5) with scores), R_i <= top_k, float32 xyxy absolute pixels of the images
+        passed in, highest objectness first.
+    """
+    rpn.eval()
+    if clip_normalized:
+        mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(3, 1, 1)
+        images = [im * std.to(im) + mean.to(im) for im in images]  # back to [0, 1]
+    out = []
+    for boxes, scores in zip(rpn(list(images)), rpn.rpn.last_scores):  # B x (N_i, 4), (N_i,), objectness-sorted
+        if nms_thresh is not None:
+            keep = nms(boxes, scores, nms_thresh)  # (N_i',) indices, decreasing score
+            boxes, scores = boxes[keep], scores[keep]
+        boxes, scores = boxes[:top_k], scores[:top_k]
+        out.append(torch.cat([boxes, scores[:, None]], dim=1) if with_scores else boxes)  # (R_i, 5) or (R_i, 4)
+    return out
+
+
+def load_detector(checkpoint_path, *, vocabulary: str = "test", device="cpu") -> GeneralizedRCNN:
+    """A detector from a train_detect.py checkpoint, with its "train" (base) or "test" (all) vocabulary, eval mode."""
+    state = load_checkpoint(checkpoint_path, map_location=device)
+    if state.get("kind") != "detector":
+        raise ValueError(f"{checkpoint_path} is not a detector checkpoint (kind {state.get('kind')!r})")
+    offline = None
+    if state.get("rpn_kwargs") is not None:  # offline RPN: its weights are in state["model"] under rpn.net.*
+        offline = ProposalNetwork(_visual(state["rpn_model_name"], device), **state["rpn_kwargs"])
+    emb = state["class_embeddings"][vocabulary]
+    detector = build_detector(_visual(state["model_name"], device), emb, offline_rpn=offline,
+                              **state["detector_kwargs"]).to(device)
+    detector.load_state_dict(state["model"])
+    return detector.eval()

@@ -1,0 +1,458 @@
+"""Open-vocabulary detection transfer (paper Sec. 3.3, 4.1) and the class-agnostic RPN it and pretraining use.
+
+    python train_detect.py --preset toy-rpn                  # class-agnostic RPN on the toy base boxes
+    python train_detect.py --preset toy                      # OVD on the toy world from a RegionCLIP checkpoint
+    python train_detect.py --preset toy --init runs/toy-clip/final.pt --out_dir runs/toy-det-clip   # CLIP baseline
+    python train_detect.py --preset toy --rpn offline --rpn_checkpoint runs/toy-rpn/final.pt         # paper's RPN
+    python train_detect.py --preset coco-ovd-rn50 --init runs/rn50-coco/final.pt                     # paper scale
+
+--task detector: torchvision Faster R-CNN from the pretrained visual encoder (regionclip_min/detector.py), classifier =
+the frozen prompt-ensembled embeddings of the training class names from the same checkpoint's text encoder; trained
+on base-category boxes only; at the end the vocabulary is swapped to every category of the val json (base + novel)
+and scored with AP50 novel / base / all and COCO AP (results.json), a few val images drawn to predictions/*.png.
+--task rpn: a class-agnostic ProposalNetwork on the base boxes; scored by proposal recall@100 on base and novel val
+boxes. Its checkpoint is the detector's offline RPN and the source of RPN proposals for train_pretrain.py
+(detector.load_rpn / detector.propose).
+
+Everything random in a step (data order, flips, torchvision's anchor and RoI sampling, the random training size) is a
+function of (seed, step): the global RNG is reseeded from the step's generator, so --resume ends with the same weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from regionclip_min import checkpoint as ckpt
+from regionclip_min.cli import config_to_dict, format_config, parse_config
+from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, encode_texts, load_clip
+from regionclip_min.data import DetectionDataset, collate_detection, hflip
+from regionclip_min.detector import (ProposalNetwork, build_detector, load_detector, load_rpn, propose,
+                                     set_vocabulary)
+from regionclip_min.evaluation import detect, draw_detections, ovd_ap, proposal_recall
+from regionclip_min.steps import StepSampler, step_generator
+
+# The open-vocabulary COCO split of OVR-CNN (48 base / 17 novel of the 80 COCO classes; the other 15 are unused).
+COCO_OVD_BASE = (
+    "person", "bicycle", "car", "motorcycle", "train", "truck", "boat", "bench", "bird", "horse", "sheep", "bear",
+    "zebra", "giraffe", "backpack", "handbag", "suitcase", "frisbee", "skis", "kite", "surfboard", "bottle", "fork",
+    "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "pizza", "donut", "chair", "bed",
+    "toilet", "tv", "laptop", "mouse", "remote", "microwave", "oven", "toaster", "refrigerator", "book", "clock",
+    "vase", "toothbrush")
+COCO_OVD_NOVEL = ("airplane", "bus", "cat", "dog", "cow", "elephant", "umbrella", "tie", "snowboard", "skateboard",
+                  "cup", "knife", "cake", "couch", "keyboard", "sink", "scissors")
+
+
+@dataclass
+class DetectConfig:
+    # ---- what to train
+    task: str = field(default="detector", metadata={"help": "'detector': open-vocabulary Faster R-CNN; 'rpn': "
+                      "class-agnostic proposal network on the base boxes"})
+    # ---- data
+    train_json: str = field(default="data/toy/instances_train_base.json", metadata={"help": "COCO instances json"})
+    val_json: str = field(default="data/toy/instances_val_all.json", metadata={"help": "all-category COCO json"})
+    image_root: str | None = field(default=None, metadata={"help": "image folder (default: 'images/' beside the "
+                                   "json if it exists, else the json's folder)"})
+    val_image_root: str | None = field(default=None, metadata={"help": "val image folder (default: as image_root)"})
+    category_split: str = field(default="json", metadata={"help": "'json': base/novel from each category's 'split' "
+                                "field; 'coco-ovd': OVR-CNN's 48 base / 17 novel COCO names"})
+    drop_empty: bool = field(default=False, metadata={"help": "leave out training images without a base box"})
+    min_sizes: str = field(default="256", metadata={"help": "training short sides, comma-separated (one drawn per "
+                           "step); the last is the test size (torchvision's rule). Toy: 256 = 2x (DESIGN §5.1)"})
+    max_size: int = field(default=256, metadata={"help": "longest side after resizing"})
+    hflip: bool = field(default=True, metadata={"help": "random horizontal flips in training"})
+    num_workers: int = 1
+    # ---- model
+    model_name: str = field(default="RN-toy", metadata={"help": "open_clip model (RN-toy, RN50, RN50x4)"})
+    init: str | None = field(default="runs/toy/final.pt", metadata={"help": "RegionCLIP or stage-0 CLIP checkpoint "
+                             "(ours), or a CLIP weights file; its text encoder embeds the class names"})
+    pretrained: str | None = field(default=None, metadata={"help": "open_clip tag or weights file if init is None"})
+    templates: str = field(default="ensemble", metadata={"help": "class-name prompts: 'ensemble' or 'single'"})
+    tau: float = field(default=0.01, metadata={"help": "classifier temperature (paper 0.01)"})
+    focal_gamma: float = field(default=0.5, metadata={"help": "focal scaling gamma (COCO 0.5; 0 = plain CE)"})
+    background_weight: float = field(default=0.2, metadata={"help": "CE weight of background RoIs (COCO 0.2)"})
+    rpn: str = field(default="joint", metadata={"help": "'joint': RPN trained with the detector (torchvision's "
+                     "default); 'offline': frozen ProposalNetwork from --rpn_checkpoint (the paper's)"})
+    rpn_checkpoint: str | None = field(default=None, metadata={"help": "train_detect.py --task rpn checkpoint"})
+    anchor_sizes: str = field(default="32,64,128,256", metadata={"help": "anchor sides in pixels (one level)"})
+    aspect_ratios: str = "0.5,1.0,2.0"
+    rpn_pre_nms_top_n_train: int = 1000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = field(default=200, metadata={"help": "proposals per image into RoI sampling"})
+    rpn_post_nms_top_n_test: int = 300
+    rpn_nms_thresh: float = 0.7
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = field(default=32, metadata={"help": "RoIs sampled per image. CPU roi_align "
+                                          "backward is single-threaded and the box head runs per RoI: keep small"})
+    box_positive_fraction: float = 0.25
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    channels_last: bool = field(default=True, metadata={"help": "channels-last convolutions (faster on CPU)"})
+    # ---- optimisation
+    optimizer: str = field(default="adamw", metadata={"help": "adamw | sgd"})
+    lr: float = field(default=4e-4, metadata={"help": "toy, 600 steps, CLIP init: AP50 all 0.35 at 4e-4, 0.12 at "
+                      "1e-4"})
+    new_layers_lr_mult: float = field(default=10.0, metadata={"help": "lr factor of the randomly initialised RPN "
+                                      "head and box regressor"})
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_steps: int = 50
+    schedule: str = field(default="cosine", metadata={"help": "'cosine' to 0, or 'step' (x0.1 at 2/3 and 8/9)"})
+    max_steps: int = 600
+    batch_size: int = 8
+    grad_clip: float = field(default=5.0, metadata={"help": "max gradient norm; 0 disables"})
+    # ---- evaluation
+    eval_at_end: bool = True
+    eval_only: bool = field(default=False, metadata={"help": "only evaluate out_dir/final.pt"})
+    eval_max_images: int | None = field(default=None, metadata={"help": "evaluate on the first N val images"})
+    eval_batch_size: int = 16
+    draw_images: int = field(default=6, metadata={"help": "val images drawn with predictions to predictions/"})
+    # ---- run
+    out_dir: str = "runs/toy-det"
+    seed: int = 0
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default, one per core); "
+                         "1 avoids thrashing on a machine shared with other jobs"})
+    log_every: int = 10
+    ckpt_every: int = 200
+    keep_ckpts: int = 2
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in out_dir"})
+
+
+PRESETS = {
+    "toy-rpn": dict(_doc="class-agnostic RPN on the toy base boxes, from the stage-0 CLIP (offline RPN, proposals)",
+                    task="rpn", init="runs/toy-clip/final.pt", lr=1e-3, new_layers_lr_mult=1.0, max_steps=600,
+                    batch_size=8, warmup_steps=50, out_dir="runs/toy-rpn"),
+    "toy": dict(_doc="open-vocabulary detection on the toy world from the RegionCLIP checkpoint (9 base -> 12)",
+                task="detector", init="runs/toy/final.pt", lr=4e-4, max_steps=600, batch_size=8,
+                out_dir="runs/toy-det"),
+    "coco-ovd-rn50": dict(_doc="paper: COCO 48/17, RN50, SGD lr 0.002, batch 16, 90k iters, 640-800 / 800 px",
+                          task="detector", model_name="RN50", init="runs/rn50-coco/final.pt",
+                          train_json="data/coco/annotations/instances_train2017.json",
+                          val_json="data/coco/annotations/instances_val2017.json", image_root="data/coco/train2017",
+                          val_image_root="data/coco/val2017", category_split="coco-ovd", drop_empty=True,
+                          min_sizes="640,672,704,736,768,800", max_size=1333, anchor_sizes="32,64,128,256,512",
+                          rpn_pre_nms_top_n_train=12000, rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_train=2000,
+                          rpn_post_nms_top_n_test=1000, box_batch_size_per_image=512, focal_gamma=0.5,
+                          background_weight=0.2, optimizer="sgd", lr=0.002, new_layers_lr_mult=1.0,
+                          weight_decay=1e-4, warmup_steps=1000, schedule="step", max_steps=90_000, batch_size=16,
+                          grad_clip=0.0, channels_last=False, device="cuda", num_workers=8, ckpt_every=5000,
+                          draw_images=10, out_dir="runs/coco-ovd-rn50"),
+}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def _image_root(json_path: str, root: str | None) -> str | None:
+    if root is None and (Path(json_path).parent / "images").is_dir():
+        return str(Path(json_path).parent / "images")  # the toy world's layout
+    return root
+
+
+# ---- config -> keyword arguments, in one place (STYLE.md 6) ---------------------------------------------------
+def rpn_kwargs(cfg) -> dict:
+    return dict(min_size=list(_ints(cfg.min_sizes)), max_size=cfg.max_size, anchor_sizes=list(_ints(cfg.anchor_sizes)),
+                aspect_ratios=list(_floats(cfg.aspect_ratios)), pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+                pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+                post_nms_top_n_test=cfg.rpn_post_nms_top_n_test, nms_thresh=cfg.rpn_nms_thresh,
+                batch_size_per_image=cfg.rpn_batch_size_per_image)
+
+
+def detector_kwargs(cfg) -> dict:
+    r = rpn_kwargs(cfg)
+    return dict(min_size=r["min_size"], max_size=cfg.max_size, anchor_sizes=r["anchor_sizes"],
+                aspect_ratios=r["aspect_ratios"], rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+                rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+                rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+                rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test, rpn_nms_thresh=cfg.rpn_nms_thresh,
+                rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+                box_batch_size_per_image=cfg.box_batch_size_per_image, box_positive_fraction=cfg.box_positive_fraction,
+                box_score_thresh=cfg.box_score_thresh, box_nms_thresh=cfg.box_nms_thresh,
+                detections_per_img=cfg.detections_per_img, tau=cfg.tau, focal_gamma=cfg.focal_gamma,
+                background_weight=cfg.background_weight)
+
+
+def check_config(cfg) -> None:
+    problems = []
+    if cfg.task not in ("detector", "rpn"):
+        problems.append(f"--task must be detector or rpn, got {cfg.task!r}")
+    if cfg.category_split not in ("json", "coco-ovd"):
+        problems.append(f"--category_split must be json or coco-ovd, got {cfg.category_split!r}")
+    if cfg.rpn not in ("joint", "offline"):
+        problems.append(f"--rpn must be joint or offline, got {cfg.rpn!r}")
+    if cfg.rpn == "offline" and cfg.task == "detector" and not cfg.rpn_checkpoint:
+        problems.append("--rpn offline needs --rpn_checkpoint (train one: python train_detect.py --preset toy-rpn)")
+    if cfg.optimizer not in ("adamw", "sgd") or cfg.schedule not in ("cosine", "step"):
+        problems.append(f"--optimizer adamw|sgd and --schedule cosine|step, got {cfg.optimizer!r}, {cfg.schedule!r}")
+    if cfg.templates not in ("ensemble", "single"):
+        problems.append(f"--templates must be ensemble or single, got {cfg.templates!r}")
+    for name in ("min_sizes", "anchor_sizes", "aspect_ratios"):
+        try:
+            _floats(getattr(cfg, name))
+        except ValueError:
+            problems.append(f"--{name} must be comma-separated numbers, got {getattr(cfg, name)!r}")
+    if problems:
+        raise SystemExit("bad config: " + "; ".join(problems))
+
+
+def load_datasets(cfg) -> tuple[DetectionDataset, DetectionDataset]:
+    """(train set with the base categories, val set with every evaluated category). Images stay in [0, 1] at their
+    own size: the detector's transform resizes and normalises them."""
+    train_cats, val_cats = "base", None  # json: the "split" field; val keeps every category
+    if cfg.category_split == "coco-ovd":
+        train_cats, val_cats = list(COCO_OVD_BASE), list(COCO_OVD_BASE + COCO_OVD_NOVEL)
+    root = _image_root(cfg.train_json, cfg.image_root)
+    train = DetectionDataset(cfg.train_json, root, categories=train_cats, drop_empty=cfg.drop_empty)
+    val = DetectionDataset(cfg.val_json, _image_root(cfg.val_json, cfg.val_image_root or cfg.image_root),
+                           categories=val_cats)
+    return train, val
+
+
+def novel_base_ids(cfg, val: DetectionDataset) -> tuple[list[int], list[int]]:
+    if cfg.category_split == "coco-ovd":
+        ids = dict(zip(val.category_names, val.category_ids))
+        return [ids[n] for n in COCO_OVD_NOVEL], [ids[n] for n in COCO_OVD_BASE]
+    novel = [c for c, s in zip(val.category_ids, val.category_splits) if s == "novel"]
+    return novel, [c for c in val.category_ids if c not in set(novel)]
+
+
+def build(cfg, train: DetectionDataset, val: DetectionDataset, device) -> tuple[torch.nn.Module, dict]:
+    """The model to train and the checkpoint fields that rebuild it (detector.load_detector / load_rpn)."""
+    weights = cfg.init if cfg.init is not None else cfg.pretrained
+    clip, tokenizer = load_clip(cfg.model_name, weights, device=device)
+    if cfg.task == "rpn":
+        model = ProposalNetwork(clip.visual, **rpn_kwargs(cfg))
+        return model, {"kind": "rpn", "rpn_kwargs": rpn_kwargs(cfg)}
+    templates = TEMPLATES if cfg.templates == "ensemble" else SINGLE_TEMPLATE
+    names = {"train": train.category_names, "test": val.category_names}
+    emb = {k: encode_texts(clip, tokenizer, v, templates).cpu() for k, v in names.items()}  # (K, D) each
+    offline, extra = None, {"rpn_kwargs": None, "rpn_model_name": None}
+    if cfg.rpn == "offline":
+        offline = load_rpn(cfg.rpn_checkpoint, device=device)
+        rpn_state = ckpt.load_checkpoint(cfg.rpn_checkpoint)
+        extra = {"rpn_kwargs": rpn_state["rpn_kwargs"], "rpn_model_name": rpn_state["model_name"]}
+    model = build_detector(clip.visual, emb["train"], offline_rpn=offline, **detector_kwargs(cfg))
+    return model, {"kind": "detector", "detector_kwargs": detector_kwargs(cfg), "class_names": names,
+                   "category_ids": {"train": train.category_ids, "test": val.category_ids}, "class_embeddings": emb,
+                   **extra}
+
+
+def make_optimizer(cfg, model):
+    """AdamW or SGD over the trainable parameters; no weight decay on biases and norms; the randomly initialised
+    RPN head and box regressor get lr x new_layers_lr_mult (the CLIP parts start trained)."""
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        new = name.startswith("rpn.") or ".bbox_pred." in name
+        key = (new, p.ndim >= 2)
+        groups.setdefault(key, []).append(p)
+    params = [{"params": ps, "lr": cfg.lr * (cfg.new_layers_lr_mult if new else 1.0),
+               "weight_decay": cfg.weight_decay if decay else 0.0} for (new, decay), ps in sorted(groups.items())]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def make_scheduler(cfg, optimizer):
+    """Linear warm-up, then cosine to 0 or steps of x0.1 at 2/3 and 8/9 of max_steps (detectron2's 60k/80k of 90k)."""
+    def factor(step):
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "step":
+            return 0.1 ** sum(step >= m for m in (cfg.max_steps * 2 // 3, cfg.max_steps * 8 // 9))
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---- evaluation -------------------------------------------------------------------------------------------------
+def evaluate_detector(cfg, model, val: DetectionDataset, emb_test: torch.Tensor, out: Path, device) -> dict:
+    """Swap in every val category (base + novel), detect, score AP50 novel/base/all and AP, draw a few images."""
+    set_vocabulary(model, emb_test)
+    results, image_ids = detect(model, val, batch_size=cfg.eval_batch_size, max_images=cfg.eval_max_images,
+                                device=device, progress=True)
+    novel, base = novel_base_ids(cfg, val)
+    metrics = ovd_ap(val.coco_json_path, results, novel_ids=novel, base_ids=base, image_ids=image_ids,
+                     max_dets=cfg.detections_per_img)
+    (out / "predictions").mkdir(exist_ok=True)
+    novel_set = set(novel)
+    with torch.no_grad():
+        for i in range(min(cfg.draw_images, len(val))):
+            if (item := val[i]) is None:
+                continue
+            image, target = item
+            pred = model([image.to(device)])[0]
+            labels = (pred["labels"] - 1).tolist()
+            draw_detections(image, pred["boxes"].cpu(), [val.category_names[k] for k in labels], pred["scores"].cpu(),
+                            out / "predictions" / f"{target['image_id']}.png",
+                            is_novel=[val.category_ids[k] in novel_set for k in labels])
+    return metrics
+
+
+def evaluate_rpn(cfg, model, val: DetectionDataset, device, top_ks=(10, 100)) -> dict:
+    """Recall@k (IoU 0.5) of the class-agnostic proposals on base and novel val boxes, for each k in top_ks."""
+    n = len(val) if cfg.eval_max_images is None else min(cfg.eval_max_images, len(val))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val, range(n)), batch_size=cfg.eval_batch_size,
+                                         collate_fn=collate_detection)
+    novel_k = torch.tensor([s == "novel" for s in val.category_splits])  # (K,)
+    props, gts, novel = [], [], []
+    for images, targets in tqdm(loader, desc="proposals"):
+        props += [p.cpu() for p in propose(model, [im.to(device) for im in images], max(top_ks))]
+        gts += [t["boxes"] for t in targets]
+        novel += [novel_k[t["labels"] - 1] for t in targets]
+    return {**{f"recall@{k}": proposal_recall([p[:k] for p in props], gts, novel) for k in top_ks}, "n_images": n}
+
+
+# ---- main ---------------------------------------------------------------------------------------------------------
+def evaluate(cfg, model, kind: str, val: DetectionDataset, emb_test, out: Path, step: int, device) -> dict:
+    """Score a trained model on the val set and write results.json (and predictions/*.png for a detector)."""
+    model.eval()
+    if kind == "rpn":
+        results = evaluate_rpn(cfg, model, val, device)
+    else:
+        results = evaluate_detector(cfg, model, val, emb_test.to(device), out, device)
+    results = {**results, "checkpoint": str(out / "final.pt"), "step": step}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"results ({out / 'results.json'}): {json.dumps({k: v for k, v in results.items() if k != 'per_category'})}")
+    return results
+
+
+def eval_only(cfg, out: Path, device) -> Path:
+    """--eval_only: rebuild the model from out_dir/final.pt alone (vocabulary from the checkpoint) and score it."""
+    final = out / "final.pt"
+    state = ckpt.load_checkpoint(final) if final.is_file() else None
+    if state is None or state.get("kind") not in ("rpn", "detector"):
+        raise SystemExit(f"--eval_only: {final} is missing or not a train_detect.py checkpoint")
+    _, val = load_datasets(cfg)
+    emb = None
+    if state["kind"] == "rpn":
+        model = load_rpn(final, device=device)
+    else:
+        if state["class_names"]["test"] != val.category_names:
+            raise SystemExit(f"--eval_only: {final} was made for classes {state['class_names']['test']}, the val json "
+                             f"has {val.category_names}")
+        model, emb = load_detector(final, device=device), state["class_embeddings"]["test"]
+    evaluate(cfg, model, state["kind"], val, emb, out, state["step"], device)
+    return final
+
+
+def main(argv=None):
+    cfg, preset = parse_config(DetectConfig, argv, PRESETS, description=__doc__.split("\n\n")[0])
+    check_config(cfg)
+    device = torch.device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"resolved config (preset {preset}):\n{format_config(cfg)}")
+    if cfg.eval_only:
+        return eval_only(cfg, out, device)
+    (out / "config.json").write_text(format_config(cfg))
+    for path in (cfg.init, cfg.rpn_checkpoint if cfg.rpn == "offline" and cfg.task == "detector" else None):
+        if path is not None and not Path(path).is_file():
+            raise SystemExit(f"checkpoint {path} not found (--init / --rpn_checkpoint); run the stage that writes it "
+                             f"first, or pass another path")
+    train, val = load_datasets(cfg)
+    print(f"train: {train.summary()}\nval: {val.summary()}")
+    if len(train) and not (train.image_root / train.images[0]["file_name"]).is_file():
+        raise SystemExit(f"{cfg.train_json}: first image not found under {train.image_root}; is --image_root right?")
+    torch.manual_seed(cfg.seed)
+    model, meta = build(cfg, train, val, device)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if meta["kind"] == "detector":
+        print(f"detector: {len(meta['class_names']['train'])} training classes {meta['class_names']['train']}; "
+              f"evaluated on {len(meta['class_names']['test'])}; RPN {cfg.rpn}")
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_scheduler(cfg, optimizer)
+    start = 0
+    if cfg.resume and (last := ckpt.latest_checkpoint(out)) is not None:
+        state = ckpt.load_checkpoint(last, map_location=device)
+        if state.get("kind") != meta["kind"]:
+            raise SystemExit(f"{last} holds a {state.get('kind')!r} checkpoint, this run trains {meta['kind']!r}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["step"]
+        print(f"resumed from {last} at step {start}")
+
+    def save(path, step):
+        ckpt.save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "step": step, "rng": ckpt.rng_state(),
+                                    "config": config_to_dict(cfg), "model_name": cfg.model_name, **meta})
+
+    sampler = StepSampler(len(train), cfg.batch_size, 0, 1, cfg.seed, start, cfg.max_steps)
+    loader = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate_detection,
+                                         num_workers=cfg.num_workers)
+    model.train()
+    bar = tqdm(total=cfg.max_steps, initial=start, desc=cfg.task, dynamic_ncols=True)
+    step, t0 = start, time.time()
+    with open(out / "metrics.jsonl", "a") as metrics:
+        for images, targets in loader:
+            g = step_generator(cfg.seed, step, 0)
+            # torchvision draws anchors/RoIs to sample and the training size from the global RNG: seed it per step
+            torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=g)))
+            if not images:  # every image of this batch was unreadable (counted in the dataset summary)
+                step += 1
+                scheduler.step()
+                continue
+            flips = torch.rand(len(images), generator=g) < 0.5 if cfg.hflip else torch.zeros(len(images), dtype=bool)
+            batch = [hflip(im, t["boxes"]) if f else (im, t["boxes"]) for im, t, f in zip(images, targets, flips)]
+            images = [im.to(device) for im, _ in batch]
+            targets = [{"boxes": b.to(device), "labels": t["labels"].to(device)} for (_, b), t in zip(batch, targets)]
+            losses = model(images, targets)
+            total = sum(losses.values())  # every term weighted 1 (torchvision's and the paper's sum)
+            values = {k: v.item() for k, v in losses.items()}
+            if not all(math.isfinite(v) for v in values.values()):
+                bad = [k for k, v in values.items() if not math.isfinite(v)]
+                raise SystemExit(f"non-finite loss at step {step}: {bad} in {values}. Stopped; the last good "
+                                 f"checkpoint is {ckpt.latest_checkpoint(out)} (resume with --resume, perhaps with a "
+                                 f"lower --lr)")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in values.items()})
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                metrics.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], "total": total.item(),
+                                          **values, "elapsed_s": round(time.time() - t0, 1)}) + "\n")
+                metrics.flush()
+            if step % cfg.ckpt_every == 0 and step < cfg.max_steps:
+                save(ckpt.checkpoint_path(out, step), step)
+                ckpt.prune_checkpoints(out, cfg.keep_ckpts)
+    bar.close()
+    elapsed = time.time() - t0
+    save(ckpt.checkpoint_path(out, step), step)
+    save(out / "final.pt", step)
+    ckpt.prune_checkpoints(out, cfg.keep_ckpts)
+    print(f"trained {step - start} steps in {elapsed:.0f} s ({(step - start) / max(elapsed, 1e-9):.2f} steps/s)")
+    if cfg.eval_at_end:
+        evaluate(cfg, model, meta["kind"], val, meta.get("class_embeddings", {}).get("test"), out, step, device)
+    nxt = (f"python train_detect.py --preset toy --rpn offline --rpn_checkpoint {out / 'final.pt'}  (or RPN proposals "
+           f"for pretraining: regionclip_min.detector.load_rpn / propose)" if cfg.task == "rpn" else
+           f"look at {out / 'predictions'}/*.png; evaluate again with --eval_only true --out_dir {out}")
+    print(f"done: checkpoint {out / 'final.pt'}; next: {nxt}")
+    return out / "final.pt"
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
