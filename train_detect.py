@@ -442,7 +442,7 @@ def main(argv=None):
     bar.close()
     elapsed = time.time() - t0
     save(ckpt.checkpoint_path(out, step), step)
-    save(out / "final.pt", step)
+    ckpt.link_checkpoint(ckpt.checkpoint_path(out, step), out / "final.pt")
     ckpt.prune_checkpoints(out, cfg.keep_ckpts)
     print(f"trained {step - start} steps in {elapsed:.0f} s ({(step - start) / max(elapsed, 1e-9):.2f} steps/s)")
     if cfg.eval_at_end:

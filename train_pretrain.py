@@ -419,8 +419,8 @@ def main(argv=None):
                 ckpt.prune_checkpoints(out, cfg.keep_ckpts)
     bar.close()
     save(ckpt.checkpoint_path(out, step), step)
-    save(out / "final.pt", step)
     if main_proc:
+        ckpt.link_checkpoint(ckpt.checkpoint_path(out, step), out / "final.pt")
         metrics.close()
         ckpt.prune_checkpoints(out, cfg.keep_ckpts)
         nxt = (f"python train_pretrain.py --preset toy --init {out / 'final.pt'}" if cfg.stage == "clip" else

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -34,6 +35,20 @@ def save_checkpoint(path, state: dict) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def link_checkpoint(src, dst) -> Path:
+    """Publishes checkpoint `src` also as `dst` (e.g. final.pt) without writing it again: an atomic hard link
+    (a copy where the filesystem has none). Pruning `src` later leaves `dst` intact."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -31,14 +31,14 @@ from tqdm import tqdm
 from regionclip_min.data import CLIP_MEAN, CLIP_STD, DetectionDataset, collate_detection
 
 
-def _normalise(images: list[torch.Tensor], scale: float) -> tuple[torch.Tensor, float]:
-    """Stacks [0, 1] images (equal sizes), enlarges by `scale`, CLIP-normalises: (B, 3, H', W') and the factor."""
+def _normalise(images: list[torch.Tensor], scale: float) -> torch.Tensor:
+    """Stacks [0, 1] images (equal sizes), enlarges by `scale`, CLIP-normalises: (B, 3, H', W')."""
     x = torch.stack(images)  # (B, 3, H, W)
     if scale != 1.0:
         x = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
     mean = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (x - mean) / std, scale
+    return (x - mean) / std
 
 
 @torch.no_grad()
@@ -65,8 +65,8 @@ def gt_box_accuracy(region_encoder, dataset: DetectionDataset, class_emb: torch.
     for images, targets in tqdm(loader, desc="GT-box accuracy", disable=not progress):
         if not images:
             continue
-        x, s = _normalise(images, scale)
-        boxes = [t["boxes"].to(device) * s for t in targets]  # list of (N_i, 4) in the enlarged frame
+        x = _normalise(images, scale)
+        boxes = [t["boxes"].to(device) * scale for t in targets]  # list of (N_i, 4) in the enlarged frame
         emb = F.normalize(region_encoder(x.to(device), boxes), dim=-1)  # (N, D)
         labels = torch.cat([t["labels"] for t in targets]).to(device) - 1  # (N,) class index 0..K-1
         correct.append((emb @ cls.t()).argmax(-1) == labels)
@@ -91,7 +91,7 @@ def whole_image_accuracy(clip_model, dataset: DetectionDataset, class_emb: torch
     cls = F.normalize(class_emb.to(device), dim=-1)  # (K, D)
     hits, n = 0, 0
     for images, targets in loader:
-        x, _ = _normalise(images, 1.0)
+        x = _normalise(images, 1.0)
         emb = F.normalize(clip_model.encode_image(x.to(device)), dim=-1)  # (B, D)
         labels = torch.stack([t["labels"][0] for t in targets]).to(device) - 1  # (B,)
         hits += ((emb @ cls.t()).argmax(-1) == labels).sum().item()

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from regionclip_min.checkpoint import (latest_checkpoint, load_checkpoint, prune_checkpoints, rng_state,
+from regionclip_min.checkpoint import (latest_checkpoint, link_checkpoint, load_checkpoint, prune_checkpoints, rng_state,
                                        save_checkpoint, set_rng_state, checkpoint_path)
 from regionclip_min.cli import config_from_dict, config_to_dict, parse_config
 
@@ -134,3 +134,14 @@ def test_failed_write_keeps_previous_file(tmp_path):
 class _Unpicklable:
     def __reduce__(self):
         raise pickle.PicklingError("no")
+
+
+def test_final_link_survives_pruning_and_replaces_atomically(tmp_path):
+    for step in (1, 2):
+        save_checkpoint(checkpoint_path(tmp_path, step), {"step": step})
+        link_checkpoint(checkpoint_path(tmp_path, step), tmp_path / "final.pt")
+    prune_checkpoints(tmp_path, keep=0)  # keep <= 0 keeps everything
+    for p in tmp_path.glob("ckpt_*.pt"):
+        p.unlink()  # the step checkpoints go; final.pt must still hold the last one
+    assert load_checkpoint(tmp_path / "final.pt")["step"] == 2
+    assert not list(tmp_path.glob(".*tmp"))

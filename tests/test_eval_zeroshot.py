@@ -32,7 +32,7 @@ def test_oracle_vocabulary_gives_perfect_gt_box_accuracy(toy_world):
     image, target = next(ds[i] for i in range(len(ds)) if len(ds[i][1]["labels"]) >= 2
                          and len(set(ds[i][1]["labels"].tolist())) == len(ds[i][1]["labels"]))
     from regionclip_min.evaluation import _normalise
-    x, _ = _normalise([image], 2.0)
+    x = _normalise([image], 2.0)
     emb = F.normalize(enc(x, [target["boxes"] * 2.0]), dim=-1)  # (N, D)
     class_emb = torch.randn(len(ds.category_names), emb.shape[1])
     class_emb[target["labels"] - 1] = emb
