@@ -1,13 +1,30 @@
-"""Zero-shot region recognition with ground-truth boxes (paper Table 4 protocol, Fig. 1(b)).
+"""Zero-shot region recognition and detection (paper Table 4, Fig. 1(b)), free-text queries, region features.
 
-    python eval_zeroshot.py --checkpoint runs/toy/final.pt          # RegionCLIP on the toy val set
-    python eval_zeroshot.py --checkpoint runs/toy-clip/final.pt     # the stage-0 "CLIP" baseline, same protocol
-    python eval_zeroshot.py --model_name RN50 --pretrained openai --instances data/coco/annotations/instances_val2017.json
+    python eval_zeroshot.py --checkpoint runs/toy/final.pt                       # GT boxes: top-1 + AP50
+    python eval_zeroshot.py --checkpoint runs/toy-clip/final.pt                  # the "CLIP" row, same protocol
+    python eval_zeroshot.py --checkpoint runs/toy/final.pt --boxes rpn           # RPN proposals: AP50
+    python eval_zeroshot.py --checkpoint runs/toy/final.pt --image data/toy/images/val_000003.png \
+        --vocabulary "circle,star,heart,red square"                              # demo: table + PNG
+    python eval_zeroshot.py --model_name RN50 --pretrained openai --scale 1 \
+        --instances data/coco/annotations/instances_val2017.json                 # OpenAI's CLIP on COCO
 
-Every ground-truth box of the scene images goes through the region path (res4 map -> RoIAlign -> layer4 ->
-attention pool) of the model and is classified by cosine to the class-name embeddings (prompt ensemble): top-1
-accuracy over all, base and novel categories. The same model also classifies object-centric images as whole
-images (`encode_image`), the image-level number of Fig. 1(b). The same protocol runs for "CLIP" and "RegionCLIP".
+Every box goes through the region path of the model (res4 map -> RoIAlign -> layer4 -> attention pool; images
+enlarged by --scale first, DESIGN.md §5.1) and is compared by cosine with the vocabulary's prompt-ensembled text
+embeddings. The same protocol runs for every model: a stage-0 CLIP or RegionCLIP checkpoint of train_pretrain.py, a
+detector checkpoint of train_detect.py (its backbone + box head are the region path, its text encoder is that of
+the checkpoint it was initialised from), or an open_clip model name with a tag or a local weights file.
+
+--boxes gt: each ground-truth box of the --kinds images is classified: top-1 accuracy over all / base / novel
+  categories; and COCO AP50 (novel / base / all) with every GT box reported once per class, scored by the class
+  probability softmax(cos / tau). Also whole-image top-1 of the object-centric images (`encode_image`), the
+  image-level side of Fig. 1(b).
+--boxes rpn: zero-shot detection: the --top_k proposals of a class-agnostic RPN (train_detect.py --preset toy-rpn)
+  per image, each scored for every class by its probability times the RPN's objectness ** --objectness_power (a
+  softmax over the vocabulary has no background, so without objectness a background box scores as high as an
+  object); no box regression; NMS per class; the best 100 per image: AP50 / AP (novel / base / all), as
+  train_detect.py scores a trained detector.
+The vocabulary is the dataset's category names, or --vocabulary: comma-separated names or a text file with one
+name per line. Extra names compete as distractors; every dataset category must be named to be scored.
 """
 from __future__ import annotations
 
@@ -18,81 +35,291 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.functional import to_tensor
 
-from regionclip_min.checkpoint import load_checkpoint
+from regionclip_min.checkpoint import load_checkpoint, save_checkpoint
 from regionclip_min.cli import format_config, parse_config
 from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, encode_texts, load_clip
 from regionclip_min.data import DetectionDataset
-from regionclip_min.evaluation import gt_box_accuracy, whole_image_accuracy
+from regionclip_min.detector import load_rpn, propose, visual_state_from_detector
+from regionclip_min.evaluation import (draw_detections, encode_regions, ovd_ap, region_detections,
+                                       region_embeddings, top1_accuracy, vocabulary_index, whole_image_accuracy)
 from regionclip_min.regions import RegionEncoder
+
+FEATURE_KEYS = ("boxes", "embeddings", "image_ids", "category_ids", "objectness", "box_source", "model", "scale")
 
 
 @dataclass
 class EvalConfig:
     # ---- model: one of our checkpoints, or an open_clip model name (+ tag or local weights file)
     checkpoint: str | None = field(default=None, metadata={"help": "a train_pretrain.py checkpoint (stage-0 CLIP "
-                                   "or RegionCLIP); its model_name is read from it"})
+                                   "or RegionCLIP) or a train_detect.py detector checkpoint"})
+    text_checkpoint: str | None = field(default=None, metadata={"help": "detector checkpoints only: the "
+                                        "checkpoint whose text encoder to use (default: the detector's --init)"})
     model_name: str = field(default="RN-toy", metadata={"help": "open_clip model name when no --checkpoint"})
     pretrained: str | None = field(default=None, metadata={"help": "open_clip tag or weights file, with "
                                    "--model_name"})
-    # ---- data
+    # ---- data and boxes
     instances: str = field(default="data/toy/instances_val_all.json", metadata={"help": "COCO instances json"})
     image_root: str | None = field(default=None, metadata={"help": "image folder (default: 'images/' beside "
                                    "the json if present, else the json's folder)"})
+    boxes: str = field(default="gt", metadata={"help": "'gt': ground-truth boxes (top-1 accuracy, AP50); 'rpn': "
+                       "proposals of --rpn_checkpoint (zero-shot detection AP50)"})
+    rpn_checkpoint: str = field(default="runs/toy-rpn/final.pt", metadata={"help": "class-agnostic RPN "
+                                "(train_detect.py --preset toy-rpn) for --boxes rpn and --image"})
+    top_k: int = field(default=100, metadata={"help": "RPN proposals per image, highest objectness first"})
     scale: float = field(default=2.0, metadata={"help": "enlarge images by this before pooling regions "
-                         "(DESIGN §5.1; 1.0 for real detection images)"})
-    kinds: str = field(default="scene", metadata={"help": "images whose 'kind' is in this comma list are used "
-                       "for GT boxes ('all' = every image)"})
-    # ---- vocabulary
-    templates: str = field(default="ensemble", metadata={"help": "'ensemble' or 'single' prompt templates"})
+                         "(DESIGN §5.1: 2 for the 128-px toy CLIP; 1 for real detection images)"})
+    kinds: str = field(default="auto", metadata={"help": "images whose 'kind' is in this comma list; 'all' = every "
+                       "image; 'auto' = scenes for --boxes gt, all images for --boxes rpn"})
+    max_images: int | None = field(default=None, metadata={"help": "only the first this many images"})
+    # ---- vocabulary and scoring
+    vocabulary: str | None = field(default=None, metadata={"help": "class names: 'a,b,c' or a text file with one "
+                                   "name per line (default: the dataset's categories)"})
+    templates: str = field(default="ensemble", metadata={"help": "'ensemble' (80 templates + '{}.') or 'single' "
+                           "('a photo of a {}.')"})
+    tau: float = field(default=0.01, metadata={"help": "softmax temperature of the class probabilities (paper: "
+                       "0.01)"})
+    objectness_power: float = field(default=0.5, metadata={"help": "--boxes rpn / --image: score = p_class * "
+                                    "objectness ** this (0: class probability only, which ranks background boxes "
+                                    "as high as objects; 1: their product)"})
+    nms_thresh: float = field(default=0.5, metadata={"help": "--boxes rpn: per-class NMS IoU"})
+    # ---- demo and features
+    image: str | None = field(default=None, metadata={"help": "demo: detect --vocabulary in this image with the "
+                              "RPN's proposals; prints a table, writes a PNG (no dataset needed)"})
+    out_image: str | None = field(default=None, metadata={"help": "demo PNG (default: results/demo/<image "
+                                  "stem>.png)"})
+    score_thresh: float = field(default=0.3, metadata={"help": "demo: detections drawn and listed score at least "
+                                "this"})
+    max_boxes: int = field(default=5, metadata={"help": "demo: at most this many detections listed and drawn"})
+    draw_scale: int = field(default=1, metadata={"help": "demo: the PNG is the image enlarged this many times "
+                            "(1: the image's size; 4 makes labels on a 128-px toy image legible)"})
+    save_region_features: str | None = field(default=None, metadata={"help": "write boxes, region embeddings and "
+                                             "image ids (torch.load(weights_only=True)) to this file"})
     # ---- run
     batch_size: int = 32
     device: str = "cpu"
-    out: str | None = field(default=None, metadata={"help": "results json (default: beside the checkpoint)"})
+    out: str | None = field(default=None, metadata={"help": "results json (default: beside the checkpoint, "
+                            "<name>.zeroshot-<boxes>.json, or results/zeroshot/)"})
+
+
+def read_vocabulary(spec: str) -> tuple[list[str], str]:
+    """Class names from a text file (one per line) or a comma-separated string: stripped, blank entries dropped,
+    case-insensitive duplicates dropped (CLIP's tokenizer lower-cases; the first spelling is kept).
+    Returns (names, where they came from); SystemExit when nothing is left."""
+    path = Path(spec)
+    if path.is_file():
+        try:
+            raw, source = path.read_text(encoding="utf-8").splitlines(), f"vocabulary file {path}"
+        except UnicodeDecodeError as e:
+            raise SystemExit(f"vocabulary file {path} is not UTF-8 text: {e}") from None
+    else:
+        raw, source = spec.split(","), "--vocabulary"
+    names, seen = [], set()
+    for name in (" ".join(r.split()) for r in raw):  # collapse inner whitespace
+        if name and name.lower() not in seen:
+            seen.add(name.lower())
+            names.append(name)
+    if not names:
+        raise SystemExit(f"{source} names no class (it is empty or only blank lines / commas)")
+    dropped = sum(1 for r in raw if r.strip()) - len(names)
+    if dropped:
+        print(f"{source}: {dropped} duplicate name(s) dropped, {len(names)} kept")
+    return names, source
 
 
 def load_model(cfg, device):
-    """(CLIP model, tokenizer, a short description) from --checkpoint or --model_name/--pretrained."""
-    if cfg.checkpoint is not None:
-        state = load_checkpoint(cfg.checkpoint)
-        name = state.get("model_name") or state.get("config", {}).get("model_name")
-        if name is None:
-            raise SystemExit(f"{cfg.checkpoint}: no model_name in this checkpoint; pass --model_name and "
-                             f"--pretrained instead")
+    """(CLIP model whose visual is the region path, tokenizer, a short description)."""
+    if cfg.checkpoint is None:
+        model, tok = load_clip(cfg.model_name, cfg.pretrained, device=device)
+        return model, tok, f"{cfg.model_name} ({cfg.pretrained or 'random init'})"
+    state = load_checkpoint(cfg.checkpoint)
+    name = state.get("model_name") or state.get("config", {}).get("model_name")
+    kind = state.get("kind") or state.get("stage", "?")
+    if name is None:
+        raise SystemExit(f"{cfg.checkpoint}: no model_name in this checkpoint; pass --model_name and --pretrained")
+    if kind == "rpn":
+        raise SystemExit(f"{cfg.checkpoint} is a proposal network (RPN) checkpoint, which has no classifier; pass it "
+                         f"as --rpn_checkpoint and a CLIP, RegionCLIP or detector checkpoint as --checkpoint")
+    desc = f"{cfg.checkpoint} ({kind}, step {state.get('step', '?')})"
+    if kind != "detector":
         model, tok = load_clip(name, cfg.checkpoint, device=device)
-        return model, tok, f"{cfg.checkpoint} ({state.get('stage', '?')}, step {state.get('step', '?')})"
-    model, tok = load_clip(cfg.model_name, cfg.pretrained, device=device)
-    return model, tok, f"{cfg.model_name} ({cfg.pretrained or 'random init'})"
+        return model, tok, desc
+    text = cfg.text_checkpoint or state.get("config", {}).get("init") or state.get("config", {}).get("pretrained")
+    if text is None or (not Path(text).is_file() and text.endswith(".pt")):
+        raise SystemExit(f"{cfg.checkpoint} is a detector checkpoint; its text encoder comes from the checkpoint it "
+                         f"was initialised from ({text}), which is not there: pass --text_checkpoint")
+    model, tok = load_clip(name, text, device=device)
+    model.visual.load_state_dict(visual_state_from_detector(state["model"]), strict=True)
+    return model, tok, f"{desc}, text encoder of {text}"
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:5.1f}" if v == v else "  n/a"
+
+
+def _default_out(cfg, kind: str) -> Path:
+    if cfg.out:
+        return Path(cfg.out)
+    if cfg.checkpoint:
+        return Path(cfg.checkpoint).with_suffix(f".zeroshot-{kind}.json")
+    return Path("results/zeroshot") / f"{cfg.model_name}-{kind}.json"
+
+
+def save_features(path, records: list[dict], category_ids: list[int], box_source: str, desc: str,
+                  scale: float) -> None:
+    """Region features as plain tensors and strings (loadable with torch.load(weights_only=True)):
+    boxes (N, 4) float32 xyxy json pixels; embeddings (N, D) float32, L2-normalised; image_ids (N,) int64;
+    category_ids (N,) int64 (the GT box's category, -1 for proposals); objectness (N,) float32 (1 for GT);
+    box_source "gt" | "rpn" | "image"; model (description); scale (pooling enlargement)."""
+    ids = torch.tensor(list(category_ids) + [-1], dtype=torch.int64)  # label -1 -> the last entry, -1
+    cat = (lambda key: torch.cat([r[key] for r in records])) if records else None
+    state = {"boxes": cat("boxes").float() if records else torch.zeros(0, 4),
+             "embeddings": cat("embeddings").float() if records else torch.zeros(0, 0),
+             "image_ids": torch.cat([torch.full((len(r["boxes"]),), r["image_id"], dtype=torch.int64)
+                                     for r in records]) if records else torch.zeros(0, dtype=torch.int64),
+             "category_ids": ids[cat("labels")] if records else torch.zeros(0, dtype=torch.int64),
+             "objectness": cat("objectness").float() if records else torch.zeros(0),
+             "box_source": box_source, "model": desc, "scale": float(scale)}
+    save_checkpoint(path, state)
+    print(f"region features of {len(state['boxes'])} boxes written to {path} (keys: {', '.join(FEATURE_KEYS)})")
+
+
+def run_demo(cfg, model, class_emb, names, desc, device) -> dict:
+    """Zero-shot detection of `names` in one image: the RPN's proposals, classified and NMS'd; table + PNG."""
+    path = Path(cfg.image)
+    try:
+        with Image.open(path) as im:
+            image = to_tensor(im.convert("RGB"))  # (3, H, W) in [0, 1]
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+        raise SystemExit(f"--image {path}: cannot read it as an image ({type(e).__name__}: {e})") from None
+    if min(image.shape[-2:]) < 16:
+        raise SystemExit(f"--image {path}: {tuple(image.shape[-2:])} pixels is too small (at least 16 x 16)")
+    rpn = load_rpn(cfg.rpn_checkpoint, device=device)
+    props = propose(rpn, [image.to(device)], cfg.top_k, with_scores=True)[0].cpu()  # (R, 5)
+    emb = region_embeddings(RegionEncoder(model.visual).eval(), [image], [props[:, :4]], scale=cfg.scale,
+                            device=device)[0].cpu()  # (R, D)
+    record = {"image_id": 0, "boxes": props[:, :4], "embeddings": emb,
+              "labels": torch.full((len(props),), -1, dtype=torch.int64), "objectness": props[:, 4]}
+    dets = region_detections([record], class_emb, list(range(len(names))), tau=cfg.tau, nms_thresh=cfg.nms_thresh,
+                             objectness_power=cfg.objectness_power)
+    shown = [d for d in dets if d["score"] >= cfg.score_thresh][:cfg.max_boxes]
+    print(f"\nzero-shot detection in {path} ({image.shape[-1]} x {image.shape[-2]} px), {desc}, "
+          f"{len(props)} proposals, {len(names)} names")
+    print("| # | name | score | box x1, y1, x2, y2 |\n|---|---|---|---|")
+    for i, d in enumerate(shown, 1):
+        x, y, w, h = d["bbox"]
+        print(f"| {i} | {names[d['category_id']]} | {d['score']:.3f} | {x:.0f}, {y:.0f}, {x + w:.0f}, {y + h:.0f} |")
+    if not shown:
+        print(f"(no detection scores {cfg.score_thresh} or more; best: "
+              f"{max((d['score'] for d in dets), default=0):.3f}; lower --score_thresh)")
+    out_png = Path(cfg.out_image) if cfg.out_image else Path("results/demo") / f"{path.stem}.png"
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    boxes = torch.tensor([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3]]
+                          for d in shown]).reshape(-1, 4)  # (n, 4) xyxy
+    draw_detections(image, boxes, [names[d["category_id"]] for d in shown],
+                    torch.tensor([d["score"] for d in shown]), out_png, score_thresh=cfg.score_thresh,
+                    max_boxes=len(shown), scale=cfg.draw_scale)
+    print(f"drawn to {out_png}")
+    if cfg.save_region_features:
+        save_features(cfg.save_region_features, [record], [], "image", desc, cfg.scale)
+    return {"image": str(path), "detections": [{**d, "name": names[d["category_id"]]} for d in shown],
+            "png": str(out_png)}
+
+
+def check_config(cfg) -> None:
+    problems = []
+    if cfg.boxes not in ("gt", "rpn"):
+        problems.append(f"--boxes must be gt or rpn, got {cfg.boxes!r}")
+    if cfg.templates not in ("ensemble", "single"):
+        problems.append(f"--templates must be ensemble or single, got {cfg.templates!r}")
+    if cfg.scale <= 0 or cfg.tau <= 0 or min(cfg.top_k, cfg.batch_size, cfg.max_boxes, cfg.draw_scale) < 1:
+        problems.append("--scale, --tau, --top_k, --batch_size, --max_boxes and --draw_scale must be positive")
+    if (cfg.boxes == "rpn" or cfg.image) and not Path(cfg.rpn_checkpoint).is_file():
+        problems.append(f"--rpn_checkpoint {cfg.rpn_checkpoint} does not exist (train one: python train_detect.py "
+                        f"--preset toy-rpn)")
+    if cfg.image is None and not Path(cfg.instances).is_file():
+        problems.append(f"--instances {cfg.instances} does not exist (make toy generates data/toy)")
+    if problems:
+        raise SystemExit("bad configuration:\n  " + "\n  ".join(problems))
 
 
 def main(argv=None) -> dict:
     cfg, _ = parse_config(EvalConfig, argv, description=__doc__.split("\n\n")[0])
+    check_config(cfg)
     device = torch.device(cfg.device)
     if cfg.image_root is None and (Path(cfg.instances).parent / "images").is_dir():
         cfg.image_root = str(Path(cfg.instances).parent / "images")
     print(f"resolved config:\n{format_config(cfg)}")
     t0 = time.time()
+    vocab, source = read_vocabulary(cfg.vocabulary) if cfg.vocabulary is not None else (None, None)
+    if cfg.image is not None and vocab is None and not Path(cfg.instances).is_file():
+        raise SystemExit("--image needs --vocabulary (or an --instances json whose categories to use)")
     model, tokenizer, desc = load_model(cfg, device)
-    dataset = DetectionDataset(cfg.instances, cfg.image_root)
     templates = TEMPLATES if cfg.templates == "ensemble" else SINGLE_TEMPLATE
-    class_emb = encode_texts(model, tokenizer, dataset.category_names, templates).to(device)  # (K, D)
-    kinds = None if cfg.kinds == "all" else tuple(k.strip() for k in cfg.kinds.split(","))
-    regions = gt_box_accuracy(RegionEncoder(model.visual), dataset, class_emb, scale=cfg.scale,
-                              batch_size=cfg.batch_size, kinds=kinds, progress=True, device=device)
-    image = whole_image_accuracy(model, dataset, class_emb, batch_size=cfg.batch_size, device=device)
-    results = {"model": desc, "instances": cfg.instances, "scale": cfg.scale, "kinds": cfg.kinds,
-               "gt_box_top1": regions, "whole_image_top1": image, "seconds": round(time.time() - t0, 1)}
-    pct = lambda v: f"{100 * v:5.1f}" if v == v else "  n/a"  # noqa: E731
-    print(f"\nzero-shot recognition, {desc}")
-    print("| GT-box top-1 all | base | novel | boxes | whole-image top-1 (object-centric) | images |")
-    print("|---|---|---|---|---|---|")
-    print(f"| {pct(regions['all'])} | {pct(regions['base'])} | {pct(regions['novel'])} | {regions['n_boxes']} | "
-          f"{pct(image['accuracy'])} | {image['n_images']} |")
-    out = Path(cfg.out) if cfg.out else (Path(cfg.checkpoint).with_suffix(".zeroshot.json") if cfg.checkpoint
-                                          else Path("results/zeroshot.json"))
+    if cfg.image is not None:
+        names = vocab or DetectionDataset(cfg.instances, cfg.image_root).category_names
+        class_emb = encode_texts(model, tokenizer, names, templates).cpu()  # (V, D)
+        return run_demo(cfg, model, class_emb, names, desc, device)
+
+    dataset = DetectionDataset(cfg.instances, cfg.image_root)
+    names = vocab or dataset.category_names
+    rows = vocabulary_index(dataset.category_names, names, source or "the vocabulary")  # dataset class -> row
+    cat_of_row = [None] * len(names)  # vocabulary row -> dataset category id (None: a distractor)
+    for k, r in enumerate(rows):
+        cat_of_row[r] = dataset.category_ids[k]
+    class_emb = encode_texts(model, tokenizer, names, templates).cpu()  # (V, D)
+    kinds = {"auto": "scene" if cfg.boxes == "gt" else "all"}.get(cfg.kinds, cfg.kinds)
+    kinds_t = None if kinds == "all" else tuple(k.strip() for k in kinds.split(","))
+    rpn = load_rpn(cfg.rpn_checkpoint, device=device) if cfg.boxes == "rpn" else None
+    records = encode_regions(RegionEncoder(model.visual), dataset, rpn=rpn, top_k=cfg.top_k, scale=cfg.scale,
+                             batch_size=cfg.batch_size, kinds=kinds_t, max_images=cfg.max_images, progress=True,
+                             device=device)
+    if not records:
+        raise SystemExit(f"{cfg.instances}: no image of kind {kinds!r} to evaluate (see --kinds)")
+    image_ids = [r["image_id"] for r in records]
+    novel = [c for c, s in zip(dataset.category_ids, dataset.category_splits) if s == "novel"]
+    base = [c for c in dataset.category_ids if c not in set(novel)]
+    results = {"model": desc, "instances": cfg.instances, "boxes": cfg.boxes, "kinds": kinds, "scale": cfg.scale,
+               "vocabulary": names if vocab else "dataset categories", "templates": cfg.templates, "tau": cfg.tau,
+               "n_images": len(records)}
+    if cfg.boxes == "gt":
+        dets = region_detections(records, class_emb, cat_of_row, tau=cfg.tau, nms_thresh=None)
+        ap = ovd_ap(dataset.coco_json_path, dets, novel_ids=novel, base_ids=base, image_ids=image_ids)
+        results["gt_box_top1"] = top1_accuracy(records, class_emb, dataset.category_splits, rows)
+        results["gt_box_ap50"] = ap["ap50"]
+        results["whole_image_top1"] = whole_image_accuracy(model, dataset, class_emb, batch_size=cfg.batch_size,
+                                                           vocab_index=rows, device=device)
+    else:
+        dets = region_detections(records, class_emb, cat_of_row, tau=cfg.tau, nms_thresh=cfg.nms_thresh,
+                                 objectness_power=cfg.objectness_power)
+        ap = ovd_ap(dataset.coco_json_path, dets, novel_ids=novel, base_ids=base, image_ids=image_ids)
+        results.update(rpn_checkpoint=cfg.rpn_checkpoint, top_k=cfg.top_k, nms_thresh=cfg.nms_thresh,
+                       objectness_power=cfg.objectness_power, rpn_ap50=ap["ap50"], rpn_ap=ap["ap"])
+    results["per_category_ap50"] = {n: v["ap50"] for n, v in ap["per_category"].items()}
+    results["seconds"] = round(time.time() - t0, 1)
+
+    print(f"\nzero-shot {'recognition with ground-truth boxes' if cfg.boxes == 'gt' else 'detection, RPN boxes'}, "
+          f"{desc}, {len(records)} images of kind {kinds!r}, regions pooled at {cfg.scale:g}x")
+    if cfg.boxes == "gt":
+        acc, a50, whole = results["gt_box_top1"], results["gt_box_ap50"], results["whole_image_top1"]
+        print("| GT-box top-1 all | base | novel | boxes | AP50 novel | base | all | whole-image top-1 | images |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print(f"| {_pct(acc['all'])} | {_pct(acc['base'])} | {_pct(acc['novel'])} | {acc['n_boxes']} | "
+              f"{_pct(a50['novel'])} | {_pct(a50['base'])} | {_pct(a50['all'])} | {_pct(whole['accuracy'])} | "
+              f"{whole['n_images']} |")
+    else:
+        a50, a = results["rpn_ap50"], results["rpn_ap"]
+        print("| RPN AP50 novel | base | all | AP all | proposals / image | images |\n|---|---|---|---|---|---|")
+        print(f"| {_pct(a50['novel'])} | {_pct(a50['base'])} | {_pct(a50['all'])} | {_pct(a['all'])} | "
+              f"{cfg.top_k} | {len(records)} |")
+    out = _default_out(cfg, cfg.boxes)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    print(f"results written to {out}")
+    print(f"results written to {out} ({results['seconds']} s)")
+    if cfg.save_region_features:
+        save_features(cfg.save_region_features, records, dataset.category_ids, cfg.boxes, desc, cfg.scale)
     return results
 
 

@@ -384,3 +384,15 @@ def load_detector(checkpoint_path, *, vocabulary: str = "test", device="cpu") ->
                               **state["detector_kwargs"]).to(device)
     detector.load_state_dict(state["model"])
     return detector.eval()
+
+
+def visual_state_from_detector(detector_state: dict) -> dict:
+    """The CLIP visual tower's state dict (open_clip names) inside a detector's `state_dict()`: the backbone's
+    stem..layer3 ("backbone.*") and the box head's layer4 + attnpool ("roi_heads.box_head.*"), which keep their
+    upstream names (see CLIPBackbone, CLIPBoxHead). Loads into `clip.visual` with strict=True."""
+    out = {}
+    for key, value in detector_state.items():
+        for prefix in ("backbone.", "roi_heads.box_head."):
+            if key.startswith(prefix):
+                out[key[len(prefix):]] = value
+    return out

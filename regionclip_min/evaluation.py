@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torchvision.ops import box_iou
+from torchvision.ops import batched_nms, box_iou
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
 from regionclip_min.data import CLIP_MEAN, CLIP_STD, DetectionDataset, collate_detection
+from regionclip_min.detector import propose
 
 
 def _normalise(images: list[torch.Tensor], scale: float) -> torch.Tensor:
@@ -41,60 +42,190 @@ def _normalise(images: list[torch.Tensor], scale: float) -> torch.Tensor:
     return (x - mean) / std
 
 
+def _pad_to(x: torch.Tensor, multiple: int = 32) -> torch.Tensor:
+    """Zero-pads (B, 3, H, W) CLIP-normalised images at the bottom and right to multiples of `multiple` (zero is
+    the mean colour after normalisation); boxes keep their pixel coordinates."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % multiple, 0, -h % multiple))
+
+
+@torch.no_grad()
+def region_embeddings(region_encoder, images: list[torch.Tensor], boxes: list[torch.Tensor], *, scale: float = 1.0,
+                      device="cpu") -> list[torch.Tensor]:
+    """L2-normalised region embeddings of boxes in images of any sizes (equal sizes are batched).
+
+    Args:
+        region_encoder: a `RegionEncoder` (its mode is left as it is).
+        images: B tensors (3, H_i, W_i) float RGB in [0, 1]. boxes: B tensors (N_i, 4) xyxy pixels of those images.
+        scale: enlargement of images and boxes before pooling (DESIGN.md §5.1).
+    Returns:
+        B tensors (N_i, D) on `device`.
+    """
+    if not images:
+        return []
+    groups = [list(range(len(images)))] if len({im.shape for im in images}) == 1 else [[i] for i in range(len(images))]
+    out = [None] * len(images)
+    for idx in groups:
+        x = _pad_to(_normalise([images[i] for i in idx], scale)).to(device)  # (b, 3, H', W')
+        emb = F.normalize(region_encoder(x, [boxes[i].to(device).float() * scale for i in idx]), dim=-1)  # (n, D)
+        for i, e in zip(idx, emb.split([len(boxes[i]) for i in idx])):
+            out[i] = e
+    return out
+
+
+@torch.no_grad()
+def encode_regions(region_encoder, dataset: DetectionDataset, *, rpn=None, top_k: int = 100, scale: float = 1.0,
+                   batch_size: int = 32, kinds: tuple[str, ...] | None = None, max_images: int | None = None,
+                   progress: bool = False, device="cpu") -> list[dict]:
+    """Region embeddings of every image's ground-truth boxes (rpn None) or of its `top_k` RPN proposals.
+
+    Args:
+        region_encoder: a `RegionEncoder` (eval mode is set here).
+        dataset: DetectionDataset; images may have any size (`min_size` too: boxes come back in json pixels).
+        rpn: None for the ground-truth boxes, or a `detector.ProposalNetwork` (from `detector.load_rpn`).
+        top_k: proposals per image, highest objectness first.
+        scale: enlargement of images and boxes before pooling.
+        kinds: only images whose "kind" is in this tuple (None: all). max_images: only the first this many.
+    Returns:
+        one dict per image: {"image_id": int, "boxes": (N, 4) xyxy pixels of the json's image, "embeddings": (N, D)
+        L2-normalised, "labels": (N,) dataset class index 0..K-1 (-1 for proposals), "objectness": (N,) in [0, 1]
+        (1 for ground-truth boxes)}, all on the CPU.
+    """
+    region_encoder.eval()
+    keep = [i for i in range(len(dataset)) if kinds is None or dataset.kinds[i] in kinds][:max_images]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, keep), batch_size=batch_size,
+                                         collate_fn=collate_detection)
+    records = []
+    bar = tqdm(total=len(keep), desc="RPN boxes + regions" if rpn else "GT-box regions", unit="img",
+               disable=not progress)
+    for start, (images, targets) in zip(range(0, len(keep), batch_size), loader):
+        bar.update(min(batch_size, len(keep) - start))  # bad images (skipped by the collate) count as seen
+        if not images:
+            continue
+        if rpn is None:
+            boxes = [t["boxes"] for t in targets]  # B x (N_i, 4)
+            labels = [t["labels"] - 1 for t in targets]
+            objectness = [torch.ones(len(b)) for b in boxes]
+        else:
+            props = [p.cpu() for p in propose(rpn, [im.to(device) for im in images], top_k, with_scores=True)]
+            boxes, objectness = [p[:, :4] for p in props], [p[:, 4] for p in props]
+            labels = [torch.full((len(b),), -1, dtype=torch.int64) for b in boxes]
+        embs = region_embeddings(region_encoder, images, boxes, scale=scale, device=device)
+        for image, target, b, e, lab, obj in zip(images, targets, boxes, embs, labels, objectness):
+            h, w = target["orig_size"].tolist()  # json size; the dataset may have resized the image
+            to_json = torch.tensor([w / image.shape[-1], h / image.shape[-2]] * 2)  # (4,)
+            records.append({"image_id": target["image_id"], "boxes": b.float() * to_json, "embeddings": e.cpu(),
+                            "labels": lab, "objectness": obj.float()})
+    bar.close()
+    return records
+
+
+def vocabulary_index(dataset_names: list[str], vocabulary: list[str], source: str = "the vocabulary") -> list[int]:
+    """For each dataset category name, its row in `vocabulary` (names compared case-insensitively, as CLIP's
+    tokenizer lower-cases). A category the vocabulary lacks cannot be scored: ValueError naming them."""
+    rows = {v.strip().lower(): k for k, v in enumerate(vocabulary)}
+    missing = [n for n in dataset_names if n.strip().lower() not in rows]
+    if missing:
+        raise ValueError(f"{source} lacks {len(missing)} of the dataset's categories, which could not be scored: "
+                         f"{missing[:10]}{' ...' if len(missing) > 10 else ''}; extra names are fine (they compete "
+                         f"as distractors), missing ones are not")
+    return [rows[n.strip().lower()] for n in dataset_names]
+
+
+def top1_accuracy(records: list[dict], class_emb: torch.Tensor, splits: list[str | None],
+                  vocab_index: list[int] | None = None) -> dict:
+    """Top-1 accuracy of ground-truth regions classified by cosine to the class embeddings.
+
+    Args:
+        records: `encode_regions` output for ground-truth boxes. class_emb: (V, D) vocabulary embeddings.
+        splits: the dataset's category splits ("novel" / "base" / None) by class index.
+        vocab_index: each dataset class's row in class_emb (default: the identity; V = K).
+    Returns:
+        {"all", "base", "novel"} accuracies in [0, 1] (nan where a group has no box) and "n_boxes".
+    """
+    cls = F.normalize(class_emb.float().cpu(), dim=-1)  # (V, D)
+    rows = torch.as_tensor(vocab_index if vocab_index is not None else range(len(splits)), dtype=torch.int64)  # (K,)
+    emb = torch.cat([r["embeddings"] for r in records]) if records else torch.zeros(0, cls.shape[1])  # (N, D)
+    labels = torch.cat([r["labels"] for r in records]) if records else torch.zeros(0, dtype=torch.int64)  # (N,)
+    correct = (emb @ cls.t()).argmax(-1) == rows[labels]  # (N,)
+    novel = torch.tensor([s == "novel" for s in splits], dtype=torch.bool)[labels]  # (N,)
+
+    def acc(mask):
+        return correct[mask].float().mean().item() if mask.any() else float("nan")
+    return {"all": acc(torch.ones_like(novel)), "base": acc(~novel), "novel": acc(novel), "n_boxes": len(labels)}
+
+
+def region_detections(records: list[dict], class_emb: torch.Tensor, category_ids: list[int | None], *,
+                      tau: float = 0.01, nms_thresh: float | None = 0.5, score_thresh: float = 1e-4,
+                      max_dets: int = 100, objectness_power: float = 0.0) -> list[dict]:
+    """COCO-format detections from classified regions (zero-shot detection, paper Table 4 / Sec. 4.2).
+
+    Every region is scored for every vocabulary entry by p = softmax(cos(v, e) / tau) over the vocabulary (times
+    objectness ** objectness_power: 0 = class probability only, 0.5 = geometric mean with the RPN's objectness);
+    the box is kept as it is (no regression). With nms_thresh, NMS per class at that IoU; then the max_dets best
+    detections of each image.
+
+    Args:
+        records: `encode_regions` output. class_emb: (V, D). category_ids: each vocabulary row's dataset category id,
+            None for an entry that is not a dataset category (a distractor: it takes probability, is never reported).
+    Returns:
+        [{"image_id", "category_id", "bbox": [x, y, w, h] json pixels, "score"}].
+    """
+    cls = F.normalize(class_emb.float().cpu(), dim=-1)  # (V, D)
+    scored = torch.tensor([c is not None for c in category_ids], dtype=torch.bool)  # (V,)
+    ids = torch.tensor([c if c is not None else -1 for c in category_ids], dtype=torch.int64)  # (V,)
+    results = []
+    for r in records:
+        if len(r["boxes"]) == 0:
+            continue
+        prob = torch.softmax(r["embeddings"].float() @ cls.t() / tau, dim=-1)  # (N, V)
+        prob = prob * r["objectness"][:, None].clamp_min(0) ** objectness_power
+        prob[:, ~scored] = 0
+        box_i, cls_i = torch.nonzero(prob > score_thresh, as_tuple=True)  # candidate (box, class) pairs
+        boxes, scores = r["boxes"][box_i], prob[box_i, cls_i]  # (M, 4), (M,)
+        if nms_thresh is not None:
+            keep = batched_nms(boxes, scores, cls_i, nms_thresh)  # sorted by decreasing score
+        else:
+            keep = scores.argsort(descending=True)
+        keep = keep[:max_dets]
+        for (x1, y1, x2, y2), c, s in zip(boxes[keep].tolist(), ids[cls_i[keep]].tolist(), scores[keep].tolist()):
+            results.append({"image_id": r["image_id"], "category_id": c, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "score": s})
+    return results
+
+
 @torch.no_grad()
 def gt_box_accuracy(region_encoder, dataset: DetectionDataset, class_emb: torch.Tensor, *, scale: float = 1.0,
                     batch_size: int = 32, kinds: tuple[str, ...] | None = ("scene",), progress: bool = False,
                     device="cpu") -> dict:
-    """Top-1 accuracy of classifying ground-truth boxes by cosine to the class embeddings.
-
-    Args:
-        region_encoder: a `RegionEncoder` (eval mode is set here).
-        dataset: DetectionDataset whose `category_names` order matches the rows of `class_emb`.
-        class_emb: (K, D) class-name text embeddings.
-        scale: enlargement of images (and boxes) before pooling.
-        kinds: only images whose "kind" is in this tuple (None: all images).
-    Returns:
-        {"all", "base", "novel"} accuracies in [0, 1] (nan where a group has no box) and "n_boxes".
-    """
-    region_encoder.eval()
-    keep = [i for i in range(len(dataset)) if kinds is None or dataset.kinds[i] in kinds]
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, keep), batch_size=batch_size,
-                                         collate_fn=collate_detection)
-    cls = F.normalize(class_emb.to(device), dim=-1)  # (K, D)
-    correct, labels_all = [], []
-    for images, targets in tqdm(loader, desc="GT-box accuracy", disable=not progress):
-        if not images:
-            continue
-        x = _normalise(images, scale)
-        boxes = [t["boxes"].to(device) * scale for t in targets]  # list of (N_i, 4) in the enlarged frame
-        emb = F.normalize(region_encoder(x.to(device), boxes), dim=-1)  # (N, D)
-        labels = torch.cat([t["labels"] for t in targets]).to(device) - 1  # (N,) class index 0..K-1
-        correct.append((emb @ cls.t()).argmax(-1) == labels)
-        labels_all.append(labels)
-    correct = torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
-    labels = torch.cat(labels_all) if labels_all else torch.zeros(0, dtype=torch.long)
-    splits = dataset.category_splits
-    novel = torch.tensor([splits[k] == "novel" for k in range(len(splits))], dtype=torch.bool)[labels.cpu()]
-    def acc(mask):
-        return correct[mask.to(correct.device)].float().mean().item() if mask.any() else float("nan")
-    return {"all": acc(torch.ones_like(novel)), "base": acc(~novel), "novel": acc(novel), "n_boxes": len(labels)}
+    """Top-1 accuracy of classifying ground-truth boxes by cosine to the class embeddings (`encode_regions` +
+    `top1_accuracy`; class_emb rows in the order of `dataset.category_names`). Returns {"all", "base", "novel",
+    "n_boxes"}."""
+    records = encode_regions(region_encoder, dataset, scale=scale, batch_size=batch_size, kinds=kinds,
+                             progress=progress, device=device)
+    return top1_accuracy(records, class_emb, dataset.category_splits)
 
 
 @torch.no_grad()
 def whole_image_accuracy(clip_model, dataset: DetectionDataset, class_emb: torch.Tensor, *, batch_size: int = 64,
-                         device="cpu") -> dict:
-    """Top-1 accuracy of `encode_image` on object-centric images (kind "object", one box): the image-level number."""
+                         vocab_index: list[int] | None = None, device="cpu") -> dict:
+    """Top-1 accuracy of `encode_image` on object-centric images (kind "object", one box): the image-level number.
+    vocab_index: each dataset class's row in class_emb (default: the identity)."""
     clip_model.eval()
     keep = [i for i in range(len(dataset)) if dataset.kinds[i] == "object"]
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, keep), batch_size=batch_size,
                                          collate_fn=collate_detection)
-    cls = F.normalize(class_emb.to(device), dim=-1)  # (K, D)
+    cls = F.normalize(class_emb.to(device), dim=-1)  # (V, D)
+    rows = torch.as_tensor(vocab_index if vocab_index is not None else range(len(dataset.category_names)),
+                           dtype=torch.int64, device=device)  # (K,)
     hits, n = 0, 0
     for images, targets in loader:
+        if not images:
+            continue
         x = _normalise(images, 1.0)
         emb = F.normalize(clip_model.encode_image(x.to(device)), dim=-1)  # (B, D)
         labels = torch.stack([t["labels"][0] for t in targets]).to(device) - 1  # (B,)
-        hits += ((emb @ cls.t()).argmax(-1) == labels).sum().item()
+        hits += ((emb @ cls.t()).argmax(-1) == rows[labels]).sum().item()
         n += len(labels)
     return {"accuracy": hits / n if n else float("nan"), "n_images": n}
 
@@ -285,5 +416,6 @@ def draw_detections(image: torch.Tensor, boxes_xyxy: torch.Tensor, names: list[s
     colors = ["red" if is_novel[i] else "cyan" for i in keep]
     drawn = (big * 255).round().to(torch.uint8)  # (3, sH, sW)
     if keep:
-        drawn = draw_bounding_boxes(drawn, boxes_xyxy[keep].float() * scale, labels=labels, colors=colors, width=2)
+        drawn = draw_bounding_boxes(drawn, boxes_xyxy[keep].float() * scale, labels=labels, colors=colors, width=2,
+                                    label_colors="black", label_background_colors=colors, fill_labels=True)
     to_pil_image(drawn).save(path)
