@@ -124,6 +124,8 @@ class DetectConfig:
     ckpt_every: int = 200
     keep_ckpts: int = 2
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in out_dir"})
+    overwrite: bool = field(default=False, metadata={"help": "start again in an out_dir that holds a run (its "
+                            "checkpoints and metrics are deleted), or take it over from a live run"})
 
 
 PRESETS = {
@@ -361,6 +363,15 @@ def main(argv=None):
     print(f"resolved config (preset {preset}):\n{format_config(cfg)}")
     if cfg.eval_only:
         return eval_only(cfg, out, device)
+    lock = ckpt.claim_out_dir(out, resume=cfg.resume, overwrite=cfg.overwrite,
+                              command="train_detect.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    try:
+        return run_training(cfg, out, device)
+    finally:
+        lock.release()
+
+
+def run_training(cfg, out: Path, device) -> Path:
     (out / "config.json").write_text(format_config(cfg))
     for path in (cfg.init, cfg.rpn_checkpoint if cfg.rpn == "offline" and cfg.task == "detector" else None):
         if path is not None and not Path(path).is_file():
@@ -390,6 +401,8 @@ def main(argv=None):
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
         print(f"resumed from {last} at step {start}")
+    if cfg.resume:  # drop log lines written after the checkpoint resumed from (all, if none)
+        ckpt.truncate_metrics(out / "metrics.jsonl", start)
 
     def save(path, step):
         ckpt.save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -402,14 +415,17 @@ def main(argv=None):
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=start, desc=cfg.task, dynamic_ncols=True)
     step, t0 = start, time.time()
+    skipped_images = skipped_batches = 0
     with open(out / "metrics.jsonl", "a") as metrics:
         for images, targets in loader:
             g = step_generator(cfg.seed, step, 0)
             # torchvision draws anchors/RoIs to sample and the training size from the global RNG: seed it per step
             torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=g)))
+            skipped_images += cfg.batch_size - len(images)  # bad images dropped by the collate
             if not images:  # every image of this batch was unreadable (counted in the dataset summary)
                 step += 1
                 scheduler.step()
+                skipped_batches += 1
                 continue
             flips = torch.rand(len(images), generator=g) < 0.5 if cfg.hflip else torch.zeros(len(images), dtype=bool)
             batch = [hflip(im, t["boxes"]) if f else (im, t["boxes"]) for im, t, f in zip(images, targets, flips)]
@@ -445,6 +461,11 @@ def main(argv=None):
     ckpt.link_checkpoint(ckpt.checkpoint_path(out, step), out / "final.pt")
     ckpt.prune_checkpoints(out, cfg.keep_ckpts)
     print(f"trained {step - start} steps in {elapsed:.0f} s ({(step - start) / max(elapsed, 1e-9):.2f} steps/s)")
+    summary = {"steps": step - start, "first_step": start, "seconds": round(elapsed, 1),
+               "images_skipped_unreadable": skipped_images, "batches_skipped_unreadable": skipped_batches,
+               "train_skipped_at_load": dict(train.skipped), "val_skipped_at_load": dict(val.skipped)}
+    (out / "run_summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"run summary ({out / 'run_summary.json'}): {json.dumps(summary)}")
     if cfg.eval_at_end:
         evaluate(cfg, model, meta["kind"], val, meta.get("class_embeddings", {}).get("test"), out, step, device)
     nxt = (f"python train_detect.py --preset toy --rpn offline --rpn_checkpoint {out / 'final.pt'}  (or RPN proposals "

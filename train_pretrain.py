@@ -39,7 +39,7 @@ from regionclip_min.cli import config_to_dict, format_config, parse_config
 from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, load_clip
 from regionclip_min.concepts import backend as concept_backend
 from regionclip_min.concepts import build_concept_pool, concept_embeddings
-from regionclip_min.data import ImageCaptionDataset, collate_image_caption
+from regionclip_min.data import ImageCaptionDataset, boxes_to_transformed, collate_image_caption
 from regionclip_min.detector import load_rpn, propose
 from regionclip_min.losses import concept_distillation, image_text_contrastive, region_text_contrastive
 from regionclip_min.pseudo_labels import pseudo_label
@@ -111,6 +111,8 @@ class PretrainConfig:
     ckpt_every: int = field(default=200, metadata={"help": "checkpoint every N steps (and at the end)"})
     keep_ckpts: int = field(default=2, metadata={"help": "step checkpoints kept on disk (0 = all)"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in out_dir"})
+    overwrite: bool = field(default=False, metadata={"help": "start again in an out_dir that holds a run (its "
+                            "checkpoints and metrics are deleted), or take it over from a live run"})
 
 
 PRESETS = {
@@ -164,17 +166,9 @@ def check_replicas_in_sync(model) -> str:
     return f"all {len(digests)} ranks hold identical weights (sha256 {digest[:12]})"
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drops the log lines a killed run wrote after its last checkpoint (they are redone)."""
-    if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(r + "\n" for r in rows))
-        os.replace(tmp, path)
-
-
-def make_proposals(cfg, images, image_ids, proposals_table, rpn, g) -> list[torch.Tensor]:
-    """One (R_i, 4) xyxy box tensor per image, in the pixels of `images` (B, 3, H, W), CLIP-normalised."""
+def make_proposals(cfg, images, batch, proposals_table, rpn, g) -> list[torch.Tensor]:
+    """One (R_i, 4) xyxy box tensor per image, in the pixels of `images` (B, 3, H, W), CLIP-normalised (enlarged by
+    region_scale); R_i may be 0 (an image whose file lists no proposal: it then adds only the image-text loss)."""
     h, w = images.shape[-2:]
     if cfg.proposals == "rpn":  # paper: RPN boxes after NMS 0.5, top 300, a random subset per image
         boxes = propose(rpn, images, cfg.rpn_top_k, clip_normalized=True, nms_thresh=0.5)
@@ -184,11 +178,10 @@ def make_proposals(cfg, images, image_ids, proposals_table, rpn, g) -> list[torc
         return [random_boxes(cfg.proposals_per_image, h, w, generator=g) for _ in range(len(images))]
     if cfg.proposals == "grid":
         return [grid_boxes(h, w)[: cfg.proposals_per_image] for _ in range(len(images))]
-    boxes = []
-    for i in image_ids.tolist():
-        if i not in proposals_table:
-            raise KeyError(f"{cfg.proposals_file}: no proposals for image id {i}")
-        boxes.append(proposals_table[i][: cfg.proposals_per_image, :4].float() * cfg.region_scale)
+    boxes = []  # file boxes are in the pixels of the image file: map them through the resize + crop
+    for i, size in zip(batch["image_ids"].tolist(), batch["orig_sizes"].tolist()):
+        rows = boxes_to_transformed(proposals_table[i], tuple(size), cfg.image_size)  # checked at start: present
+        boxes.append(rows[: cfg.proposals_per_image, :4] * cfg.region_scale)
     return boxes
 
 
@@ -240,7 +233,8 @@ def build_concepts(cfg, dataset, teacher, tokenizer, device):
     captions = [c for _, caps, _, _ in dataset.items for c in caps]
     concepts = build_concept_pool(captions, min_count=cfg.concept_min_count, max_concepts=cfg.max_concepts)
     if not concepts:
-        raise ValueError(f"{cfg.captions}: no concept has at least {cfg.concept_min_count} occurrences")
+        raise SystemExit(f"{cfg.captions}: the concept pool is empty: no noun occurs at least {cfg.concept_min_count} "
+                         f"times in the captions (lower --concept_min_count)")
     templates = TEMPLATES if cfg.templates == "ensemble" else SINGLE_TEMPLATE
     init_key = cfg.init or cfg.pretrained or "random"
     if cfg.init and Path(cfg.init).is_file():  # key the cache by the checkpoint's content, not only its name
@@ -273,7 +267,7 @@ def regionclip_step(cfg, student_enc, teacher_enc, teacher, tokenizer, concept_e
     if cfg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     captions = [caps[torch.randint(len(caps), (1,), generator=g).item()] for caps in batch["captions"]]
-    boxes = [b.to(device) for b in make_proposals(cfg, images, batch["image_ids"], proposals_table, rpn, g)]
+    boxes = [b.to(device) for b in make_proposals(cfg, images, batch, proposals_table, rpn, g)]
     whole = [images.new_tensor([[0.0, 0.0, images.shape[-1], images.shape[-2]]]) for _ in range(len(images))]
     with torch.no_grad():
         teacher_emb = teacher_enc(images, boxes)  # (R, D)
@@ -290,7 +284,8 @@ def regionclip_step(cfg, student_enc, teacher_enc, teacher, tokenizer, concept_e
         "loss_image_contrastive": image_text_contrastive(gather_with_grad(image_emb), gather_with_grad(text_emb),
                                                          tau=tau),
     }
-    return losses, {"kept": keep.float().mean().item() if len(keep) else 0.0}
+    return losses, {"kept": keep.float().mean().item() if len(keep) else 0.0,
+                    "no_proposal_images": sum(len(b) == 0 for b in boxes)}
 
 
 # ---- main -------------------------------------------------------------------------------------------------
@@ -310,10 +305,41 @@ def main(argv=None):
     if cfg.proposals == "rpn" and not cfg.rpn_checkpoint:
         raise SystemExit("--proposals rpn needs --rpn_checkpoint (train one: python train_detect.py --preset toy-rpn)")
     rank, world = init_distributed(cfg.device)
+    lock = None
+    if rank == 0:  # one writer per out_dir; a finished run is not overwritten by accident
+        lock = ckpt.claim_out_dir(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite,
+                                  command="train_pretrain.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    try:
+        return run_training(cfg, preset, rank, world)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def check_proposals_file(path, table: dict, dataset) -> dict:
+    """Every training image must have a row in the proposals file (else SystemExit naming the file and the ids);
+    ids the dataset lacks are ignored and images with no proposal only add the image-text loss: both counted."""
+    ids = [image_id for _, _, image_id, _ in dataset.items]
+    missing = [i for i in ids if i not in table]
+    if missing:
+        raise SystemExit(f"{path}: no proposals for {len(missing)} of the {len(ids)} training images (image ids "
+                         f"{missing[:8]}{' ...' if len(missing) > 8 else ''}); give every image a row (an empty "
+                         f"list is allowed)")
+    known = set(ids)
+    counts = {"proposal_ids_not_in_dataset": sum(1 for i in table if i not in known),
+              "images_without_proposals": sum(1 for i in ids if len(table[i]) == 0)}
+    if any(counts.values()):
+        print(f"{path}: {counts['proposal_ids_not_in_dataset']} image ids that the dataset lacks (ignored), "
+              f"{counts['images_without_proposals']} images with no proposal (image-text loss only)")
+    return counts
+
+
+def run_training(cfg, preset, rank: int, world: int):
     device = torch.device(cfg.device if cfg.device != "cuda" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     main_proc = rank == 0
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    summary = {}
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -334,7 +360,11 @@ def main(argv=None):
         if cfg.tau_from_teacher:
             tau = 1.0 / teacher.logit_scale.exp().item()
         if cfg.proposals == "file":
-            proposals_table = load_proposals_file(cfg.proposals_file)
+            try:
+                proposals_table = load_proposals_file(cfg.proposals_file)
+            except (OSError, ValueError) as e:
+                raise SystemExit(f"--proposals_file: {e}") from None
+            summary.update(check_proposals_file(cfg.proposals_file, proposals_table, dataset))
         if cfg.proposals == "rpn":
             rpn = load_rpn(cfg.rpn_checkpoint, device)
         if main_proc:
@@ -356,8 +386,9 @@ def main(argv=None):
         ckpt.set_rng_state(state["rng"])
         start = state["step"]
         if main_proc:
-            truncate_metrics(out / "metrics.jsonl", start)
             print(f"resumed from {last} at step {start}")
+    if cfg.resume and main_proc:  # drop log lines written after the checkpoint resumed from (all, if none)
+        ckpt.truncate_metrics(out / "metrics.jsonl", start)
     model = DDP(trained) if world > 1 else trained
 
     def save(path, step):
@@ -373,12 +404,16 @@ def main(argv=None):
     metrics = open(out / "metrics.jsonl", "a") if main_proc else None
     bar = tqdm(total=cfg.max_steps, initial=start, desc=f"{cfg.stage}", disable=not main_proc, dynamic_ncols=True)
     step, t0 = start, time.time()
+    skipped_batches = skipped_images = no_region_batches = no_proposal_images = 0  # this session's steps
     for batch in loader:
         g = step_generator(cfg.seed, step, rank)
         if batch is None:  # every image of this batch was unreadable (counted in the dataset summary)
             step += 1
             scheduler.step()
+            skipped_batches += 1
+            skipped_images += cfg.batch_size
             continue
+        skipped_images += cfg.batch_size - len(batch["images"])  # bad images dropped by the collate
         if cfg.hflip:
             flip = torch.rand(len(batch["images"]), generator=g) < 0.5  # (B,)
             batch["images"][flip] = batch["images"][flip].flip(-1)
@@ -387,6 +422,8 @@ def main(argv=None):
         else:
             losses, info = regionclip_step(cfg, model, teacher_enc, teacher, tokenizer, concept_emb, batch,
                                            proposals_table, rpn, g, device, tau)
+            no_region_batches += info["kept"] == 0  # no region passed the pseudo-label threshold: only L_image
+            no_proposal_images += info.pop("no_proposal_images")
         weights = {"loss_region_contrastive": cfg.w_region, "loss_distill": cfg.w_distill,
                    "loss_image_contrastive": cfg.w_image}
         total = sum(weights[k] * v for k, v in losses.items())
@@ -425,6 +462,12 @@ def main(argv=None):
         ckpt.prune_checkpoints(out, cfg.keep_ckpts)
         nxt = (f"python train_pretrain.py --preset toy --init {out / 'final.pt'}" if cfg.stage == "clip" else
                f"python eval_zeroshot.py --checkpoint {out / 'final.pt'}")
+        summary.update(steps=step - start, first_step=start, seconds=round(time.time() - t0, 1),
+                       images_skipped_unreadable=skipped_images, batches_skipped_unreadable=skipped_batches,
+                       dataset_skipped_at_load=dict(dataset.skipped),
+                       batches_no_region_kept=no_region_batches, images_without_proposals_seen=no_proposal_images)
+        (out / "run_summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"run summary ({out / 'run_summary.json'}): {json.dumps(summary)}")
         print(f"done: {step} steps in {time.time() - t0:.0f} s; checkpoint {out / 'final.pt'}; next: {nxt}")
     if dist.is_initialized():
         msg = check_replicas_in_sync(student)

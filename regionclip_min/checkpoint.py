@@ -6,13 +6,18 @@
   plain containers, so a crafted file cannot execute code. Everything we save is such plain data: state dicts,
   numbers, strings, lists, dicts (RNG states are stored as tensors / lists, never as numpy objects).
 - `rng_state` / `set_rng_state` capture and restore the Python, torch (and CUDA) generators, for exact resume.
+- `claim_out_dir`: one training run per output folder (a lock file with the writer's pid), explained stale locks of
+  killed runs, and no accidental overwrite of a finished run; `truncate_metrics` for resume.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import torch
@@ -103,3 +108,132 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- the output folder: one writer at a time, nothing lost ------------------------------------------------------
+RUN_FILES = ("final.pt", "metrics.jsonl", "results.json", "run_summary.json")  # besides ckpt_*.pt
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process `pid` (Linux /proc, in clock ticks since boot), or None where it cannot be read;
+    it tells a live lock holder from an unrelated process that was given the same pid later."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(info: dict) -> bool:
+    """Whether the process that wrote a lock on this host still runs (same pid and, where known, start time)."""
+    pid = info.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        pass
+    start = _process_start(pid)
+    return info.get("start") is None or start is None or start == info["start"]
+
+
+class OutDirLock:
+    """`out_dir/.lock` while a training run writes into `out_dir` (see `claim_out_dir`). `release()` removes it if
+    it is still this process's."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def release(self) -> None:
+        try:
+            info = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        if info.get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+
+def claim_out_dir(out_dir, *, resume: bool, overwrite: bool, command: str = "") -> OutDirLock:
+    """Makes `out_dir` this run's, or stops with a message that says why and what to do.
+
+    - Another live run holds `out_dir/.lock` (pid + process start time on this host; any lock from another host):
+      SystemExit, unless `overwrite` (then the lock is taken over, with a warning).
+    - A lock whose process is gone (a killed or crashed run): explained, and taken over. Its checkpoints are
+      whole files (written atomically); half-written temporaries (`.*.tmp`) are removed.
+    - The folder already holds a run (ckpt_*.pt, final.pt or metrics.jsonl) and neither `resume` nor `overwrite`:
+      SystemExit (nothing is overwritten by accident). With `overwrite` (and no `resume`) those files are deleted.
+    Returns the lock; call `release()` when the run ends (the scripts do, in a `finally`).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".lock"
+    host = socket.gethostname()
+    info = {"pid": os.getpid(), "start": _process_start(os.getpid()), "host": host, "command": command,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(3):  # O_EXCL creation is atomic: of two runs starting together, one wins
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                held = {}
+            who = (f"pid {held.get('pid')} on {held.get('host')}, since {held.get('since')}, running "
+                   f"{held.get('command') or '?'}")
+            live = held.get("host") != host or _alive(held) if held else False
+            if live and held.get("pid") != os.getpid():
+                if not overwrite:
+                    raise SystemExit(
+                        f"{out} is in use by another run ({who}). Wait for it to finish, choose another --out_dir, "
+                        f"or pass --overwrite true to take the folder over (if that run is still alive it will keep "
+                        f"writing into it). If that process is dead (e.g. on another machine), remove {lock}.")
+                print(f"warning: --overwrite: taking {out} over from a live run ({who})")
+            elif held:
+                print(f"note: {lock} was left by a run that did not finish ({who}; killed or crashed): taking the "
+                      f"folder over. Its checkpoints are whole files (written atomically).")
+            else:
+                print(f"note: {lock} is unreadable (a run killed while creating it?): taking the folder over")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(info))
+        break
+    else:
+        raise SystemExit(f"{out}: could not take {lock} (another run keeps recreating it)")
+    claimed = OutDirLock(lock)
+    for tmp in out.glob(".*.tmp"):  # temporaries of a run killed in the middle of a write
+        tmp.unlink(missing_ok=True)
+        print(f"removed {tmp}, a half-written file of a killed run")
+    existing = sorted(out.glob("ckpt_*.pt")) + [out / n for n in RUN_FILES if (out / n).exists()]
+    if existing and not resume:
+        if not overwrite:
+            claimed.release()
+            last = latest_checkpoint(out)
+            raise SystemExit(f"{out} already holds a run ({len(existing)} files: {', '.join(p.name for p in existing[:4])}"
+                             f"{' ...' if len(existing) > 4 else ''}; newest checkpoint {last}). Pass --resume true "
+                             f"to continue it, --overwrite true to start again (its checkpoints and metrics are "
+                             f"deleted), or another --out_dir.")
+        for p in existing:
+            p.unlink()
+        print(f"--overwrite: deleted {len(existing)} files of the previous run in {out}")
+    return claimed
+
+
+def truncate_metrics(path, step: int) -> None:
+    """On resume, drops the log lines a killed run wrote after its last checkpoint (they are redone); a line cut
+    off by the kill is dropped too."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a partial last line
+        if row.get("step", 0) <= step:
+            rows.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(r + "\n" for r in rows))
+    os.replace(tmp, path)

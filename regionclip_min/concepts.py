@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from regionclip_min.checkpoint import load_checkpoint
+
 log = logging.getLogger(__name__)
 
 _TAGGER_DATA = "taggers/averaged_perceptron_tagger_eng/"
@@ -295,10 +297,15 @@ def concept_embeddings(model, tokenizer, concepts: Sequence[str], templates: Seq
     if cache_dir is not None:
         path = Path(cache_dir) / f"concepts-{_cache_key(model_key, templates, concepts)}.pt"
         if path.exists():
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-            if entry["concepts"] == concepts and entry["templates"] == templates:
+            try:
+                entry = load_checkpoint(path)  # weights_only=True: a crafted file runs nothing
+            except ValueError as e:
+                entry = {}
+                log.warning("concept cache %s is unreadable or refused (%s); recomputing", path, e)
+            if entry.get("concepts") == concepts and entry.get("templates") == templates:
                 return entry["embeddings"]
-            log.warning("concept cache %s holds other concepts or templates; recomputing", path)
+            if entry:
+                log.warning("concept cache %s holds other concepts or templates; recomputing", path)
     from regionclip_min.clip_model import encode_texts  # imported here: the parsing half needs no CLIP
 
     emb = encode_texts(model, tokenizer, concepts, templates, batch_size=batch_size)  # (C, D)

@@ -126,6 +126,7 @@ class _CheckedDataset(Dataset):
         self.skipped: Counter = Counter()
         self._first: dict[str, str] = {}
         self._bad_items: set[int] = set()
+        self._bad_ids: set = set()  # image ids left out at load (their annotations are not counted again)
 
     def _problem(self, kind: str, message: str, error: type[Exception] = ValueError) -> None:
         if self.strict:
@@ -244,7 +245,8 @@ class ImageCaptionDataset(_CheckedDataset):
         image = self._open_rgb(index, path, where)
         if image is None:
             return None
-        return {"image": self.transform(image), "captions": list(captions), "image_id": image_id}  # (3, S, S)
+        return {"image": self.transform(image), "captions": list(captions), "image_id": image_id,  # (3, S, S)
+                "orig_size": image.size}  # (width, height) before the resize and crop
 
     def _kept(self) -> str:
         return f"{len(self.items)} images, {sum(len(c) for _, c, _, _ in self.items)} captions"
@@ -252,13 +254,29 @@ class ImageCaptionDataset(_CheckedDataset):
 
 def collate_image_caption(batch: list[dict | None]) -> dict | None:
     """Batch ImageCaptionDataset items, dropping None (bad images). Returns {"images": (B, 3, S, S) float32,
-    "captions": B lists of str, "image_ids": (B,) int64}, or None when every item was dropped (skip the step)."""
+    "captions": B lists of str, "image_ids": (B,) int64, "orig_sizes": (B, 2) int64 [width, height] of the files},
+    or None when every item was dropped (skip the step)."""
     items = [b for b in batch if b is not None]
     if not items:
         return None
     return {"images": torch.stack([b["image"] for b in items]),  # (B, 3, S, S)
             "captions": [b["captions"] for b in items],
-            "image_ids": torch.tensor([b["image_id"] for b in items], dtype=torch.int64)}  # (B,)
+            "image_ids": torch.tensor([b["image_id"] for b in items], dtype=torch.int64),  # (B,)
+            "orig_sizes": torch.tensor([b["orig_size"] for b in items], dtype=torch.int64)}  # (B, 2)
+
+
+def boxes_to_transformed(boxes: torch.Tensor, orig_size: tuple[int, int], image_size: int) -> torch.Tensor:
+    """Boxes (N, 4+) xyxy in the pixels of a (width, height) file -> the pixels of `image_transform(image_size)`'s
+    output (short side resized to S, centre crop S x S, as torchvision computes them), clipped to the crop; rows
+    that leave no area inside the crop are dropped. Extra columns (e.g. a score) are kept."""
+    w, h = orig_size
+    new_w, new_h = (image_size, int(image_size * h / w)) if w <= h else (int(image_size * w / h), image_size)
+    left, top = int(round((new_w - image_size) / 2.0)), int(round((new_h - image_size) / 2.0))
+    out = boxes.clone().float()
+    out[:, 0:4] = (out[:, 0:4] * boxes.new_tensor([new_w / w, new_h / h] * 2).float()
+                   - torch.tensor([left, top, left, top], dtype=torch.float32)).clamp(0, image_size)
+    keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+    return out[keep]
 
 
 class DetectionDataset(_CheckedDataset):
@@ -304,11 +322,20 @@ class DetectionDataset(_CheckedDataset):
         label_of = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
         images = {k: (i, entry, [], []) for k, (i, entry) in  # id -> (json index, entry, boxes, labels)
                   _index_images(data, ("width", "height"), self.path).items()}
+        for k, (i, entry, _, _) in list(images.items()):
+            w, h = entry["width"], entry["height"]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1 for v in (w, h)):
+                self._problem("image_zero_size", f"{self.path}: images[{i}] (id {k}): width x height {w!r} x {h!r} "
+                              f"is not a positive size; the image and its boxes are left out")
+                del images[k]
+                self._bad_ids.add(k)
         for i, ann in enumerate(data["annotations"]):
             _require(ann, ("image_id", "category_id", "bbox"), self.path, f"annotations[{i}]")
             box, kind, reason = None, "", ""
             if ann["category_id"] not in cats:
                 kind, reason = "unknown_category", f"unknown category_id {ann['category_id']!r}"
+            elif ann["image_id"] in self._bad_ids:
+                continue  # its image was left out (counted once, as image_zero_size)
             elif ann["image_id"] not in images:
                 kind, reason = "unknown_image", f"unknown image_id {ann['image_id']!r}"
             elif ann["category_id"] in label_of and not ann.get("iscrowd", 0):
