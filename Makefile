@@ -9,7 +9,7 @@ SEED   ?= 0
 TOY_NUM_TRAIN ?= 8000
 TOY_NUM_VAL   ?= 500
 
-.PHONY: help venv toy test clean
+.PHONY: help venv toy toy-seeds toy-ablations toy-world test clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -21,7 +21,18 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)  ## create .venv and install requirements.txt
 
-toy: $(STAMP)  ## the toy pipeline: generate the toy world (later: pretrain, transfer, evaluate)
+BENCH := $(PY) -m regionclip_min.toy_benchmark $(if $(FORCE),--force)
+
+toy: $(STAMP)  ## the whole toy pipeline, one seed: results/toy/summary.md (FORCE=1 redoes finished steps)
+	$(BENCH) run
+
+toy-seeds: $(STAMP)  ## RegionCLIP + transfer for seeds 0, 1, 2: mean +- std in results/toy/summary.md
+	$(BENCH) seeds
+
+toy-ablations: $(STAMP)  ## the paper's ablations on the toy world: results/toy/ablations.md
+	$(BENCH) ablations
+
+toy-world: $(STAMP)  ## only generate the toy world (data/toy)
 	$(PY) -m regionclip_min.toyworld --out $(DATA) --seed $(SEED) --num-train $(TOY_NUM_TRAIN) --num-val $(TOY_NUM_VAL)
 
 test: $(STAMP)  ## run the test suite (CPU, offline)

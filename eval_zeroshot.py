@@ -41,6 +41,7 @@ from torchvision.transforms.functional import to_tensor
 from regionclip_min.checkpoint import load_checkpoint, save_checkpoint
 from regionclip_min.cli import format_config, parse_config
 from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, encode_texts, load_clip
+from regionclip_min.concepts import read_names
 from regionclip_min.data import DetectionDataset
 from regionclip_min.detector import load_rpn, propose, visual_state_from_detector
 from regionclip_min.evaluation import (draw_detections, encode_regions, ovd_ap, region_detections,
@@ -102,31 +103,6 @@ class EvalConfig:
     device: str = "cpu"
     out: str | None = field(default=None, metadata={"help": "results json (default: beside the checkpoint, "
                             "<name>.zeroshot-<boxes>.json, or results/zeroshot/)"})
-
-
-def read_vocabulary(spec: str) -> tuple[list[str], str]:
-    """Class names from a text file (one per line) or a comma-separated string: stripped, blank entries dropped,
-    case-insensitive duplicates dropped (CLIP's tokenizer lower-cases; the first spelling is kept).
-    Returns (names, where they came from); SystemExit when nothing is left."""
-    path = Path(spec)
-    if path.is_file():
-        try:
-            raw, source = path.read_text(encoding="utf-8").splitlines(), f"vocabulary file {path}"
-        except UnicodeDecodeError as e:
-            raise SystemExit(f"vocabulary file {path} is not UTF-8 text: {e}") from None
-    else:
-        raw, source = spec.split(","), "--vocabulary"
-    names, seen = [], set()
-    for name in (" ".join(r.split()) for r in raw):  # collapse inner whitespace
-        if name and name.lower() not in seen:
-            seen.add(name.lower())
-            names.append(name)
-    if not names:
-        raise SystemExit(f"{source} names no class (it is empty or only blank lines / commas)")
-    dropped = sum(1 for r in raw if r.strip()) - len(names)
-    if dropped:
-        print(f"{source}: {dropped} duplicate name(s) dropped, {len(names)} kept")
-    return names, source
 
 
 def load_model(cfg, device):
@@ -253,7 +229,7 @@ def main(argv=None) -> dict:
         cfg.image_root = str(Path(cfg.instances).parent / "images")
     print(f"resolved config:\n{format_config(cfg)}")
     t0 = time.time()
-    vocab, source = read_vocabulary(cfg.vocabulary) if cfg.vocabulary is not None else (None, None)
+    vocab, source = read_names(cfg.vocabulary) if cfg.vocabulary is not None else (None, None)
     if cfg.image is not None and vocab is None and not Path(cfg.instances).is_file():
         raise SystemExit("--image needs --vocabulary (or an --instances json whose categories to use)")
     model, tokenizer, desc = load_model(cfg, device)

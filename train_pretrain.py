@@ -38,7 +38,7 @@ from regionclip_min import checkpoint as ckpt
 from regionclip_min.cli import config_to_dict, format_config, parse_config
 from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, load_clip
 from regionclip_min.concepts import backend as concept_backend
-from regionclip_min.concepts import build_concept_pool, concept_embeddings
+from regionclip_min.concepts import build_concept_pool, concept_embeddings, read_names
 from regionclip_min.data import ImageCaptionDataset, boxes_to_transformed, collate_image_caption
 from regionclip_min.detector import load_rpn, propose
 from regionclip_min.losses import concept_distillation, image_text_contrastive, region_text_contrastive
@@ -72,6 +72,9 @@ class PretrainConfig:
     concept_min_count: int = field(default=1, metadata={"help": "keep caption nouns seen at least this often "
                                    "(paper: 100)"})
     max_concepts: int | None = field(default=None, metadata={"help": "cap on the concept pool size"})
+    concepts: str | None = field(default=None, metadata={"help": "use these concept names ('a,b,c' or a text file, "
+                                 "one per line) instead of the nouns parsed from the captions (ablation: class "
+                                 "names only)"})
     templates: str = field(default="ensemble", metadata={"help": "'ensemble' (~80 prompts) or 'single'"})
     concept_cache: str | None = field(default="data/cache", metadata={"help": "folder caching concept embeddings"})
     proposals: str = field(default="random", metadata={"help": "random | grid | file | rpn"})
@@ -230,8 +233,11 @@ def make_scheduler(cfg, optimizer):
 
 def build_concepts(cfg, dataset, teacher, tokenizer, device):
     """Concept pool from the training captions (Sec. 3.1) and its prompt-ensembled embeddings (C, D)."""
-    captions = [c for _, caps, _, _ in dataset.items for c in caps]
-    concepts = build_concept_pool(captions, min_count=cfg.concept_min_count, max_concepts=cfg.max_concepts)
+    if cfg.concepts is not None:
+        concepts, _ = read_names(cfg.concepts, "--concepts")
+    else:
+        captions = [c for _, caps, _, _ in dataset.items for c in caps]
+        concepts = build_concept_pool(captions, min_count=cfg.concept_min_count, max_concepts=cfg.max_concepts)
     if not concepts:
         raise SystemExit(f"{cfg.captions}: the concept pool is empty: no noun occurs at least {cfg.concept_min_count} "
                          f"times in the captions (lower --concept_min_count)")

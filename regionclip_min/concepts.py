@@ -322,3 +322,28 @@ def concept_embeddings(model, tokenizer, concepts: Sequence[str], templates: Seq
             if os.path.exists(tmp):
                 os.remove(tmp)
     return emb
+
+
+def read_names(spec: str, option: str = "--vocabulary") -> tuple[list[str], str]:
+    """Class names from a text file (one per line) or a comma-separated string: stripped, blank entries dropped,
+    case-insensitive duplicates dropped (CLIP's tokenizer lower-cases; the first spelling is kept).
+    Returns (names, where they came from); SystemExit when nothing is left."""
+    path = Path(spec)
+    if path.is_file():
+        try:
+            raw, source = path.read_text(encoding="utf-8").splitlines(), f"{option} file {path}"
+        except UnicodeDecodeError as e:
+            raise SystemExit(f"{option} file {path} is not UTF-8 text: {e}") from None
+    else:
+        raw, source = spec.split(","), option
+    names, seen = [], set()
+    for name in (" ".join(r.split()) for r in raw):  # collapse inner whitespace
+        if name and name.lower() not in seen:
+            seen.add(name.lower())
+            names.append(name)
+    if not names:
+        raise SystemExit(f"{source} names no class (it is empty or only blank lines / commas)")
+    dropped = sum(1 for r in raw if r.strip()) - len(names)
+    if dropped:
+        print(f"{source}: {dropped} duplicate name(s) dropped, {len(names)} kept")
+    return names, source

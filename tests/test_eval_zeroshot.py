@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import eval_zeroshot
+from regionclip_min.concepts import read_names
 import train_detect
 from regionclip_min.clip_model import load_clip
 from regionclip_min.data import DetectionDataset
@@ -130,19 +131,19 @@ def test_detector_checkpoint_uses_its_box_head_and_the_init_text_encoder(toy_wor
 
 
 def test_vocabulary_parsing_files_duplicates_unicode_and_empty(tmp_path, capsys):
-    assert eval_zeroshot.read_vocabulary(" red circle, star,,Star , heart ")[0] == ["red circle", "star", "heart"]
+    assert read_names(" red circle, star,,Star , heart ")[0] == ["red circle", "star", "heart"]
     assert "1 duplicate" in capsys.readouterr().out
     f = tmp_path / "v.txt"
     f.write_text("café sign\n\n  étoile  \ncafé   sign\n", encoding="utf-8")
-    assert eval_zeroshot.read_vocabulary(str(f)) == (["café sign", "étoile"], f"vocabulary file {f}")
+    assert read_names(str(f)) == (["café sign", "étoile"], f"--vocabulary file {f}")
     f.write_text("\n  \n")
     with pytest.raises(SystemExit, match="names no class"):
-        eval_zeroshot.read_vocabulary(str(f))
+        read_names(str(f))
     with pytest.raises(SystemExit, match="names no class"):
-        eval_zeroshot.read_vocabulary(" , ,")
+        read_names(" , ,")
     f.write_bytes(b"circle\n\xff\xfe star\n")
     with pytest.raises(SystemExit, match="not UTF-8"):
-        eval_zeroshot.read_vocabulary(str(f))
+        read_names(str(f))
 
 
 def test_vocabulary_must_name_every_dataset_category(toy_world, stage0_run, tmp_path):

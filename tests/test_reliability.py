@@ -22,7 +22,7 @@ import train_detect
 import train_pretrain
 from regionclip_min.checkpoint import _process_start, claim_out_dir, load_checkpoint, save_checkpoint
 from regionclip_min.clip_model import SINGLE_TEMPLATE, encode_texts, load_clip
-from regionclip_min.concepts import concept_embeddings
+from regionclip_min.concepts import concept_embeddings, read_names
 from regionclip_min.data import DetectionDataset, ImageCaptionDataset, boxes_to_transformed
 from regionclip_min.detector import load_detector, load_rpn
 
@@ -214,7 +214,7 @@ def test_grayscale_and_rgba_images_are_converted_to_rgb(tmp_path):
 
 def test_unicode_and_duplicate_vocabulary_encodes(toy_world):
     model, tok = load_clip("RN-toy")
-    names, _ = eval_zeroshot.read_vocabulary("café sign, étoile, 星, ÉTOILE, 🚲 bike")
+    names, _ = read_names("café sign, étoile, 星, ÉTOILE, 🚲 bike")
     assert names == ["café sign", "étoile", "星", "🚲 bike"]
     emb = encode_texts(model, tok, names, SINGLE_TEMPLATE)
     assert emb.shape == (4, 64) and torch.isfinite(emb).all()
