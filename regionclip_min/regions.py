@@ -29,6 +29,7 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
@@ -120,7 +121,7 @@ class RegionEncoder(nn.Module):
         if pooled.ndim != 4 or tuple(pooled.shape[-2:]) != (P, P):
             raise ValueError(f"pooled regions must be (R, C4, {P}, {P}), got {tuple(pooled.shape)}")
         x = self.visual.layer4(pooled)  # (R, C5, P/2, P/2)
-        return self.visual.attnpool(x)  # (R, D)
+        return attention_pool(self.visual.attnpool, x)  # (R, D)
 
     def forward(self, images: torch.Tensor, boxes_list: list[torch.Tensor]) -> torch.Tensor:
         """Region embeddings of `boxes_list` on `images`: head(pool(feature_map(images), boxes_list)).
@@ -134,6 +135,35 @@ class RegionEncoder(nn.Module):
         """
         check_boxes(boxes_list, images.shape[0])  # before the expensive trunk
         return self.head(self.pool(self.feature_map(images), boxes_list))  # (R, D)
+
+
+def attention_pool(attnpool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """open_clip's `AttentionPool2d` forward, computing only the token it returns.
+
+    CLIP's attention pool prepends the mean of the grid as a token, adds positional embeddings, runs multi-head
+    attention over all G*G + 1 tokens and returns token 0. Keys and values need every token; the query projection,
+    the attention rows and the output projection are needed for token 0 alone. Asking only that one query gives
+    the same output (tests/test_regions.py checks it against `attnpool(x)`) at about 40% less compute per region
+    (RN50: 1.47 -> ~0.85 GFLOP). The parameters are the module's own (open_clip names: q_proj, k_proj, v_proj,
+    c_proj, positional_embedding), so checkpoints are unchanged.
+
+    Args:
+        attnpool: an open_clip AttentionPool2d. x: (N, C, G, G) layer4 output.
+    Returns:
+        (N, D) as `attnpool(x)`.
+    """
+    x = x.flatten(2).permute(2, 0, 1)  # (G*G, N, C)
+    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)  # (G*G + 1, N, C)
+    x = x + attnpool.positional_embedding[:, None, :].to(x.dtype)  # (G*G + 1, N, C)
+    out, _ = F.multi_head_attention_forward(
+        query=x[:1], key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=attnpool.num_heads,
+        q_proj_weight=attnpool.q_proj.weight, k_proj_weight=attnpool.k_proj.weight,
+        v_proj_weight=attnpool.v_proj.weight, in_proj_weight=None,
+        in_proj_bias=torch.cat([attnpool.q_proj.bias, attnpool.k_proj.bias, attnpool.v_proj.bias]),
+        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=attnpool.c_proj.weight,
+        out_proj_bias=attnpool.c_proj.bias, use_separate_proj_weight=True, training=attnpool.training,
+        need_weights=False)  # (1, N, D)
+    return out[0]  # (N, D)
 
 
 def check_boxes(boxes_list: list[torch.Tensor], batch_size: int) -> None:

@@ -41,7 +41,7 @@ DATA = Path("data/toy")
 RUNS = Path("runs/toy-bench")
 RESULTS = Path("results/toy")
 WORLD = dict(seed=0, num_train=8000, num_val=500)  # DESIGN.md §5.1 world C size
-BUDGET = dict(stage0_steps=1200, rpn_steps=300, regionclip_steps=300, detector_steps=300)
+BUDGET = dict(stage0_steps=2500, rpn_steps=600, regionclip_steps=300, detector_steps=300)
 SEEDS = (0, 1, 2)
 
 

@@ -7,7 +7,7 @@ import torch
 
 from regionclip_min import regions
 from regionclip_min.clip_model import load_clip
-from regionclip_min.regions import (RegionEncoder, grid_boxes, load_proposals_file, random_boxes,
+from regionclip_min.regions import (RegionEncoder, attention_pool, grid_boxes, load_proposals_file, random_boxes,
                                     whole_image_boxes)
 
 
@@ -204,3 +204,17 @@ def test_load_proposals_file_errors(tmp_path, content, match):
     with pytest.raises(ValueError, match=match) as info:
         load_proposals_file(path)
     assert "bad_props.json" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["toy", "rn50"])
+def test_first_token_attention_pool_equals_open_clips(name, request):
+    """attention_pool asks one query instead of G*G + 1; the output must be open_clip's attnpool output."""
+    pool = request.getfixturevalue(name).visual.attnpool
+    grid = round((pool.positional_embedding.shape[0] - 1) ** 0.5)
+    x = torch.randn(5, pool.k_proj.in_features, grid, grid, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours, reference = attention_pool(pool, x), pool(x)
+    assert ours.shape == reference.shape and _rel_err(ours, reference) <= 1e-5
+    assert {n for n, _ in pool.named_parameters()} == {"positional_embedding", "q_proj.weight", "q_proj.bias",
+                                                        "k_proj.weight", "k_proj.bias", "v_proj.weight",
+                                                        "v_proj.bias", "c_proj.weight", "c_proj.bias"}
