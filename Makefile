@@ -38,5 +38,5 @@ toy-world: $(STAMP)  ## only generate the toy world (data/toy)
 test: $(STAMP)  ## run the test suite (CPU, offline)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-clean:  ## remove generated data and run outputs (keeps .venv)
-	rm -rf data runs results
+clean:  ## remove generated data and run outputs (keeps .venv and the committed results/toy tables and pictures)
+	rm -rf data runs results/demo results/zeroshot results/toy/logs results/toy/zeroshot results/toy/timings.json

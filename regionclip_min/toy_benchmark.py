@@ -268,9 +268,9 @@ def summarize(r: Runner) -> dict:
           f"Mean ± sample std over seeds {seeds} of the RegionCLIP pretraining and of both transfers. The stage-0 "
           "CLIP is one model shared by every seed (as OpenAI's CLIP is one fixed model in the paper), so its "
           "zero-shot columns have no spread; its transfer does (the detector's seed).", "",
-          "Where RegionCLIP beats CLIP by more than the larger seed std: " + (", ".join(
-              f"{g.split('_')[0]} {k}" for g, k in COLUMNS if verdict[f"{g}.{k}"]["beats_by_more_than_std"])
-              or "nowhere") + ".", "",
+          "Where RegionCLIP beats CLIP by more than the larger seed std: " + ((", ".join(
+              f"{g.replace('_', ' ')} {k}" for g, k in COLUMNS if verdict[f"{g}.{k}"]["beats_by_more_than_std"])
+              or "nowhere") if len(seeds) > 1 else "not known from one seed (make toy-seeds)") + ".", "",
           f"Budget: {r.budget}; world: {r.world}.", "", "## Step times", "", "| step | seconds |", "|---|---|"]
     md += [f"| {k} | {v['seconds']} |" for k, v in timings.items()]
     md += ["", f"Machine: {summary['machine']}"]
