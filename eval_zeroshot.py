@@ -44,8 +44,9 @@ from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, encode_texts, 
 from regionclip_min.concepts import read_names
 from regionclip_min.data import DetectionDataset
 from regionclip_min.detector import load_rpn, propose, visual_state_from_detector
-from regionclip_min.evaluation import (draw_detections, encode_regions, ovd_ap, region_detections,
-                                       region_embeddings, top1_accuracy, vocabulary_index, whole_image_accuracy)
+from regionclip_min.drawing import draw_detections
+from regionclip_min.evaluation import (encode_regions, ovd_ap, region_detections, region_embeddings, top1_accuracy,
+                                       vocabulary_index, whole_image_accuracy)
 from regionclip_min.regions import RegionEncoder
 
 FEATURE_KEYS = ("boxes", "embeddings", "image_ids", "category_ids", "objectness", "box_source", "model", "scale")

@@ -35,7 +35,8 @@ from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, encode_texts, 
 from regionclip_min.data import DetectionDataset, collate_detection, hflip
 from regionclip_min.detector import (ProposalNetwork, build_detector, load_detector, load_rpn, propose,
                                      set_vocabulary)
-from regionclip_min.evaluation import detect, draw_detections, ovd_ap, proposal_recall
+from regionclip_min.drawing import draw_detections
+from regionclip_min.evaluation import detect, ovd_ap, proposal_recall
 from regionclip_min.steps import StepSampler, step_generator
 
 # The open-vocabulary COCO split of OVR-CNN (48 base / 17 novel of the 80 COCO classes; the other 15 are unused).

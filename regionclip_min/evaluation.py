@@ -10,7 +10,7 @@
   paper's Fig. 1(b): CLIP recognises whole images far better than regions.
 - `detect`, `detection_ap`, `ovd_ap`: open-vocabulary detection scored with pycocotools (Sec. 4.1): AP50 over novel,
   base and all categories (the OVR-CNN protocol), COCO AP, and LVIS-style APr/APc/APf when categories carry a
-  "frequency"; `proposal_recall` for class-agnostic proposals; `draw_detections` writes predictions to PNGs.
+  "frequency"; `proposal_recall` for class-agnostic proposals. Drawing lives in `drawing.py`.
 """
 from __future__ import annotations
 
@@ -24,8 +24,6 @@ import torch.nn.functional as F
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import batched_nms, box_iou
-from torchvision.transforms.functional import to_pil_image
-from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
 from regionclip_min.data import CLIP_MEAN, CLIP_STD, DetectionDataset, collate_detection
@@ -395,40 +393,3 @@ def proposal_recall(proposals: list[torch.Tensor], gt_boxes: list[torch.Tensor],
     def rate(mask):
         return hit[mask].float().mean().item() if mask.any() else float("nan")
     return {"all": rate(torch.ones_like(novel)), "base": rate(~novel), "novel": rate(novel), "n_boxes": len(hit)}
-
-
-def render_boxes(image: torch.Tensor, boxes_xyxy: torch.Tensor, labels: list[str], colors: list[str], *,
-                 scale: int = 3) -> torch.Tensor:
-    """`image` (3, H, W) float RGB in [0, 1], enlarged `scale` times (nearest), with labelled boxes (pixels of
-    `image`) drawn by torchvision.utils.draw_bounding_boxes: (3, sH, sW) uint8."""
-    big = F.interpolate(image[None].float(), scale_factor=scale, mode="nearest")[0]  # (3, sH, sW)
-    drawn = (big * 255).round().clamp(0, 255).to(torch.uint8)  # (3, sH, sW)
-    if len(labels):
-        drawn = draw_bounding_boxes(drawn, boxes_xyxy.reshape(-1, 4).float() * scale, labels=labels, colors=colors,
-                                    width=2, label_colors="black", label_background_colors=colors, fill_labels=True)
-    return drawn
-
-
-def draw_detections(image: torch.Tensor, boxes_xyxy: torch.Tensor, names: list[str], scores: torch.Tensor, path, *,
-                    is_novel: list[bool] | None = None, score_thresh: float = 0.5, max_boxes: int = 10,
-                    scale: int = 3) -> torch.Tensor:
-    """Save `image` with its detections drawn (torchvision.utils.draw_bounding_boxes) as a PNG (path None: only
-    return the drawing).
-
-    Args:
-        image: (3, H, W) float RGB in [0, 1]. boxes_xyxy: (N, 4) pixels of `image`. names: N class names.
-        scores: (N,). is_novel: N flags; novel classes are drawn red and marked "*", base ones cyan.
-        score_thresh, max_boxes: only the `max_boxes` best detections scoring at least `score_thresh` are drawn.
-        scale: enlargement for legible labels on small images.
-    Returns:
-        the drawing, (3, scale H, scale W) uint8.
-    """
-    order = scores.argsort(descending=True)[:max_boxes]  # (<= max_boxes,)
-    keep = order[scores[order] >= score_thresh].tolist()
-    is_novel = is_novel or [False] * len(names)
-    labels = [f"{names[i]}{'*' if is_novel[i] else ''} {scores[i]:.2f}" for i in keep]
-    colors = ["red" if is_novel[i] else "cyan" for i in keep]
-    drawn = render_boxes(image, boxes_xyxy[keep] if keep else boxes_xyxy[:0], labels, colors, scale=scale)
-    if path is not None:
-        to_pil_image(drawn).save(path)
-    return drawn

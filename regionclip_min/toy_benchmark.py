@@ -320,7 +320,8 @@ def pictures(r: Runner, clip_ckpt: Path, rc_ckpt: Path, seed: int, n_images: int
     from regionclip_min.clip_model import TEMPLATES, encode_texts, load_clip
     from regionclip_min.data import DetectionDataset
     from regionclip_min.detector import load_detector
-    from regionclip_min.evaluation import draw_detections, region_embeddings, render_boxes
+    from regionclip_min.drawing import draw_detections, render_boxes
+    from regionclip_min.evaluation import region_embeddings
     from regionclip_min.regions import RegionEncoder
 
     out_regions, out_dets = r.results / "regions.png", r.results / "detections.png"

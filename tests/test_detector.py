@@ -10,7 +10,8 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from regionclip_min.clip_model import load_clip
 from regionclip_min.detector import (AlignedRoIPool, FocalRoIHeads, ProposalNetwork, TextEmbeddingPredictor,
                                      build_detector, propose, set_vocabulary)
-from regionclip_min.evaluation import detection_ap, draw_detections, ovd_ap, proposal_recall
+from regionclip_min.drawing import draw_detections
+from regionclip_min.evaluation import detection_ap, ovd_ap, proposal_recall
 from regionclip_min.regions import RegionEncoder
 
 TOY = dict(min_size=256, max_size=256, anchor_sizes=(32, 64, 128, 256), rpn_post_nms_top_n_train=50,
