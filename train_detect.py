@@ -37,7 +37,7 @@ from regionclip_min.detector import (ProposalNetwork, build_detector, load_detec
                                      set_vocabulary)
 from regionclip_min.drawing import draw_detections
 from regionclip_min.evaluation import detect, ovd_ap, proposal_recall
-from regionclip_min.steps import StepSampler, step_generator
+from regionclip_min.steps import StepSampler, build_optimizer, step_generator
 
 # The open-vocabulary COCO split of OVR-CNN (48 base / 17 novel of the 80 COCO classes; the other 15 are unused).
 COCO_OVD_BASE = (
@@ -265,9 +265,7 @@ def make_optimizer(cfg, model):
         groups.setdefault(key, []).append(p)
     params = [{"params": ps, "lr": cfg.lr * (cfg.new_layers_lr_mult if new else 1.0),
                "weight_decay": cfg.weight_decay if decay else 0.0} for (new, decay), ps in sorted(groups.items())]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    return build_optimizer(cfg.optimizer, params, cfg.lr, cfg.momentum)
 
 
 def make_scheduler(cfg, optimizer):

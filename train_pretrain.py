@@ -44,7 +44,7 @@ from regionclip_min.detector import load_rpn, propose
 from regionclip_min.losses import concept_distillation, image_text_contrastive, region_text_contrastive
 from regionclip_min.pseudo_labels import pseudo_label
 from regionclip_min.regions import RegionEncoder, grid_boxes, load_proposals_file, random_boxes
-from regionclip_min.steps import StepSampler, step_generator
+from regionclip_min.steps import StepSampler, build_optimizer, step_generator
 
 
 @dataclass
@@ -214,11 +214,7 @@ def make_optimizer(cfg, params):
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]  # biases, norms, logit_scale
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    raise ValueError(f"optimizer must be adamw or sgd, got {cfg.optimizer!r}")
+    return build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
 
 
 def make_scheduler(cfg, optimizer):

@@ -16,8 +16,9 @@ results/toy/logs/<step>.log and its progress bar to the terminal):
     -> zero-shot GT-box and RPN evaluation of both (eval_zeroshot.py)
     -> results/toy/summary.md / .json (Fig. 1(b) check, the CLIP vs RegionCLIP table), regions.png, detections.png
 
-A step whose output exists is not redone (--force redoes them); a step whose run folder holds a killed run resumes
-it. Step counts are the BUDGET below, chosen so that `make toy` fits in 30 minutes on a 2-core CPU; every row of
+Steps run two at a time once stage 0 is done (--jobs, regionclip_min/pipeline.py: two 1-thread processes get more
+out of 2 cores than one 2-thread process). A step whose output exists is not redone (--force redoes them); a step
+whose run folder holds a killed run resumes it. Step counts are the BUDGET below, chosen so that `make toy` fits in 30 minutes on a 2-core CPU; every row of
 every table uses the same world, the same budget and the same evaluation.
 """
 from __future__ import annotations
@@ -27,138 +28,123 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from regionclip_min.pipeline import Runner, Step
+from regionclip_min.toyworld import SHAPES
+
 DATA = Path("data/toy")
 RUNS = Path("runs/toy-bench")
 RESULTS = Path("results/toy")
 WORLD = dict(seed=0, num_train=8000, num_val=500)  # DESIGN.md §5.1 world C size
 BUDGET = dict(stage0_steps=2500, rpn_steps=600, regionclip_steps=300, detector_steps=300)
 SEEDS = (0, 1, 2)
+JOBS = 2  # steps side by side (regionclip_min/pipeline.py: two 1-thread lanes beat one 2-thread lane)
 
 
-# ---- running steps ------------------------------------------------------------------------------------------
-class Runner:
-    """Runs pipeline steps as subprocesses, skipping those whose output exists, and records their wall times."""
+# ---- the steps ------------------------------------------------------------------------------------------------
+class Bench:
+    """Where the benchmark reads and writes, the world and budget, and the pipeline runner."""
 
     def __init__(self, force: bool = False, *, data: Path = DATA, runs: Path = RUNS, results: Path = RESULTS,
-                 world: dict | None = None, budget: dict | None = None, seeds: tuple = SEEDS):
+                 world: dict | None = None, budget: dict | None = None, seeds: tuple = SEEDS, jobs: int = JOBS):
         self.force, self.data, self.runs, self.results = force, Path(data), Path(runs), Path(results)
         self.world, self.budget, self.seeds = {**WORLD, **(world or {})}, {**BUDGET, **(budget or {})}, tuple(seeds)
-        self.results.mkdir(parents=True, exist_ok=True)
-        self.timings_path = self.results / "timings.json"
-        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
-        (self.results / "logs").mkdir(parents=True, exist_ok=True)
+        self.runner = Runner(self.results, force=force, jobs=jobs)
 
-    def step(self, name: str, what: str, output: Path, cmd: list[str], run_dir: Path | None = None) -> bool:
-        """Run `cmd` (python args) unless `output` exists; returns True if it ran. A training step's `run_dir` that
-        holds checkpoints of an unfinished run is resumed; with --force it is started again (--overwrite)."""
-        if output.exists() and not self.force:
-            print(f"[{name}] {what}: done before ({output}; {self.timings.get(name, {}).get('seconds', '?')} s "
-                  f"then), skipped")
-            return False
-        args = list(cmd)
-        if run_dir is not None:
-            args += ["--overwrite", "true"] if self.force else (
-                ["--resume", "true"] if any(run_dir.glob("ckpt_*.pt")) else [])
-        log = self.results / "logs" / f"{name}.log"
-        print(f"[{name}] {what}\n  $ python {' '.join(args)}\n  log: {log}", flush=True)
+    def run(self, steps: list[Step]) -> None:
         t0 = time.time()
-        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONPATH": str(ROOT)}
-        with open(log, "w") as f:
-            proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, stdout=f, stderr=None)
-        seconds = round(time.time() - t0, 1)
-        if proc.returncode != 0:
-            tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-            raise SystemExit(f"[{name}] failed (exit {proc.returncode}) after {seconds} s; the end of {log}:\n{tail}")
-        self.timings[name] = {"seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-        self.timings_path.write_text(json.dumps(self.timings, indent=2))
-        print(f"[{name}] done in {seconds} s", flush=True)
-        return True
+        self.runner.run(steps)
+        mem = self.runner.memory
+        if mem.peak_pss_kb:  # something ran: keep this call's wall time and memory peak
+            calls = self.runner.timings.setdefault("_calls", [])
+            calls.append({"steps_run": [s.name for s in steps if s.name in self.runner.timings
+                                        and self.runner.timings[s.name]["finished"] >= time.strftime(
+                                            "%Y-%m-%d %H:%M:%S", time.localtime(t0))],
+                          "wall_seconds": round(time.time() - t0, 1), "jobs": self.runner.jobs,
+                          "peak_memory_mb": round(mem.peak_pss_kb / 1024), "peak_process_rss_mb":
+                          round(mem.peak_rss_kb / 1024), "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+            self.runner.timings_path.write_text(json.dumps(self.runner.timings, indent=2))
 
 
-def _rc_dir(r: Runner, tag: str, seed: int) -> Path:
-    return r.runs / f"regionclip-{tag}-s{seed}"
+def _rc_dir(b: Bench, tag: str, seed: int) -> Path:
+    return b.runs / f"regionclip-{tag}-s{seed}"
 
 
-def generate(r: Runner) -> None:
-    r.step("generate", f"generate the toy world ({r.world['num_train']} train / {r.world['num_val']} val images)",
-           r.data / "instances_val_all.json",
-           ["-m", "regionclip_min.toyworld", "--out", str(r.data), "--seed", str(r.world["seed"]), "--num-train",
-            str(r.world["num_train"]), "--num-val", str(r.world["num_val"])])
+def generate(b: Bench) -> Step:
+    return Step("generate", f"generate the toy world ({b.world['num_train']} train / {b.world['num_val']} val images)",
+                b.data / "instances_val_all.json",
+                ["-m", "regionclip_min.toyworld", "--out", b.data, "--seed", b.world["seed"], "--num-train",
+                 b.world["num_train"], "--num-val", b.world["num_val"]])
 
 
-def stage0(r: Runner) -> Path:
-    out = r.runs / "clip"
-    r.step("stage0", f"stage 0: the toy CLIP, {r.budget['stage0_steps']} steps", out / "final.pt",
-           ["train_pretrain.py", "--preset", "toy-clip", "--captions", str(r.data / "captions_train.json"),
-            "--out_dir", str(out), "--max_steps", str(r.budget["stage0_steps"])], run_dir=out)
-    return out / "final.pt"
+def stage0(b: Bench) -> Step:
+    out = b.runs / "clip"
+    return Step("stage0", f"stage 0: the toy CLIP, {b.budget['stage0_steps']} steps", out / "final.pt",
+                ["train_pretrain.py", "--preset", "toy-clip", "--captions", b.data / "captions_train.json",
+                 "--out_dir", out, "--max_steps", b.budget["stage0_steps"]], run_dir=out, after=("generate",))
 
 
-def rpn(r: Runner, clip: Path) -> Path:
-    out = r.runs / "rpn"
-    r.step("rpn", f"class-agnostic RPN on the base boxes, {r.budget['rpn_steps']} steps", out / "final.pt",
-           ["train_detect.py", "--preset", "toy-rpn", "--init", str(clip), "--train_json",
-            str(r.data / "instances_train_base.json"), "--val_json", str(r.data / "instances_val_all.json"),
-            "--out_dir", str(out), "--max_steps", str(r.budget["rpn_steps"])], run_dir=out)
-    return out / "final.pt"
+def rpn(b: Bench) -> Step:
+    out = b.runs / "rpn"
+    return Step("rpn", f"class-agnostic RPN on the base boxes, {b.budget['rpn_steps']} steps", out / "final.pt",
+                ["train_detect.py", "--preset", "toy-rpn", "--init", b.runs / "clip" / "final.pt", "--train_json",
+                 b.data / "instances_train_base.json", "--val_json", b.data / "instances_val_all.json",
+                 "--out_dir", out, "--max_steps", b.budget["rpn_steps"]], run_dir=out, after=("stage0",))
 
 
-def regionclip(r: Runner, clip: Path, rpn_ckpt: Path, seed: int, tag: str = "full", extra: tuple = ()) -> Path:
-    out = _rc_dir(r, tag, seed)
-    r.step(f"regionclip-{tag}-s{seed}", f"RegionCLIP pretraining ({tag}), seed {seed}, {r.budget['regionclip_steps']} "
-           f"steps", out / "final.pt",
-           ["train_pretrain.py", "--preset", "toy", "--captions", str(r.data / "captions_train.json"), "--init", str(clip),
-            "--proposals", "rpn", "--rpn_checkpoint", str(rpn_ckpt), "--out_dir", str(out), "--seed", str(seed),
-            "--max_steps", str(r.budget["regionclip_steps"]), "--warmup_steps", "30", "--concept_cache",
-            str(r.runs / "concept-cache"), *extra], run_dir=out)
-    return out / "final.pt"
+def regionclip(b: Bench, seed: int, tag: str = "full", extra: tuple = ()) -> Step:
+    out = _rc_dir(b, tag, seed)
+    return Step(f"regionclip-{tag}-s{seed}", f"RegionCLIP pretraining ({tag}), seed {seed}, "
+                f"{b.budget['regionclip_steps']} steps", out / "final.pt",
+                ["train_pretrain.py", "--preset", "toy", "--captions", b.data / "captions_train.json", "--init",
+                 b.runs / "clip" / "final.pt", "--proposals", "rpn", "--rpn_checkpoint", b.runs / "rpn" / "final.pt",
+                 "--out_dir", out, "--seed", seed, "--max_steps", b.budget["regionclip_steps"], "--warmup_steps", "30",
+                 "--concept_cache", b.runs / "concept-cache", *extra], run_dir=out, after=("stage0", "rpn"))
 
 
-def transfer(r: Runner, init: Path, name: str, seed: int, extra: tuple = ()) -> Path:
-    out = r.runs / f"det-{name}-s{seed}"
-    r.step(f"det-{name}-s{seed}", f"detector transfer from {name}, seed {seed}, {r.budget['detector_steps']} steps",
-           out / "results.json",
-           ["train_detect.py", "--preset", "toy", "--init", str(init), "--train_json",
-            str(r.data / "instances_train_base.json"), "--val_json", str(r.data / "instances_val_all.json"),
-            "--out_dir", str(out), "--seed", str(seed), "--max_steps", str(r.budget["detector_steps"]),
-            "--warmup_steps", "30", *extra], run_dir=out)
-    return out / "results.json"
+def transfer(b: Bench, init_step: str, name: str, seed: int, extra: tuple = ()) -> Step:
+    """Detector transfer from the checkpoint that step `init_step` wrote."""
+    init = b.runs / "clip" / "final.pt" if init_step == "stage0" else b.runs / init_step / "final.pt"
+    out = b.runs / f"det-{name}-s{seed}"
+    return Step(f"det-{name}-s{seed}", f"detector transfer from {name}, seed {seed}, {b.budget['detector_steps']} "
+                f"steps", out / "results.json",
+                ["train_detect.py", "--preset", "toy", "--init", init, "--train_json",
+                 b.data / "instances_train_base.json", "--val_json", b.data / "instances_val_all.json",
+                 "--out_dir", out, "--seed", seed, "--max_steps", b.budget["detector_steps"], "--warmup_steps", "30",
+                 *extra], run_dir=out, after=(init_step,))
 
 
-def zeroshot(r: Runner, ckpt: Path, rpn_ckpt: Path, name: str, extra: tuple = ()) -> dict[str, Path]:
-    outs = {}
-    for boxes in ("gt", "rpn"):
-        out = r.results / "zeroshot" / f"{name}-{boxes}.json"
-        r.step(f"zs-{name}-{boxes}", f"zero-shot {'GT-box recognition' if boxes == 'gt' else 'RPN detection'} of "
-               f"{name}", out,
-               ["eval_zeroshot.py", "--checkpoint", str(ckpt), "--boxes", boxes, "--rpn_checkpoint", str(rpn_ckpt),
-                "--instances", str(r.data / "instances_val_all.json"), "--out", str(out), *extra])
-        outs[boxes] = out
-    return outs
+def zeroshot(b: Bench, ckpt_step: str, name: str, extra: tuple = ()) -> list[Step]:
+    """Zero-shot GT-box and RPN evaluation of the checkpoint that step `ckpt_step` wrote."""
+    ckpt = b.runs / "clip" / "final.pt" if ckpt_step == "stage0" else b.runs / ckpt_step / "final.pt"
+    return [Step(f"zs-{name}-{boxes}", f"zero-shot {'GT-box recognition' if boxes == 'gt' else 'RPN detection'} of "
+                 f"{name}", b.results / "zeroshot" / f"{name}-{boxes}.json",
+                 ["eval_zeroshot.py", "--checkpoint", ckpt, "--boxes", boxes, "--rpn_checkpoint",
+                  b.runs / "rpn" / "final.pt", "--instances", b.data / "instances_val_all.json", "--out",
+                  b.results / "zeroshot" / f"{name}-{boxes}.json", *extra],
+                 after=(ckpt_step,) if boxes == "gt" else (ckpt_step, "rpn")) for boxes in ("gt", "rpn")]
 
 
 # ---- the stages of the benchmark --------------------------------------------------------------------------------
-def run_pipeline(r: Runner, seeds: tuple = (0,)) -> None:
-    generate(r)
-    clip = stage0(r)
-    rpn_ckpt = rpn(r, clip)
-    zeroshot(r, clip, rpn_ckpt, "clip")
-    for seed in seeds:
-        rc = regionclip(r, clip, rpn_ckpt, seed)
-        zeroshot(r, rc, rpn_ckpt, f"regionclip-s{seed}")
-        transfer(r, clip, "clip", seed)
-        transfer(r, rc, "regionclip", seed)
-    pictures(r, clip, _rc_dir(r, "full", seeds[0]) / "final.pt", seeds[0])
+def pipeline_steps(b: Bench, seeds: tuple = (0,)) -> list[Step]:
+    """The pipeline, critical path first (the runner starts ready steps in this order)."""
+    steps = [generate(b), stage0(b), rpn(b)]
+    steps += [regionclip(b, seed) for seed in seeds]
+    steps += [transfer(b, f"regionclip-full-s{seed}", "regionclip", seed) for seed in seeds]
+    steps += [transfer(b, "stage0", "clip", seed) for seed in seeds]
+    steps += zeroshot(b, "stage0", "clip")
+    steps += [s for seed in seeds for s in zeroshot(b, f"regionclip-full-s{seed}", f"regionclip-s{seed}")]
+    return steps
+
+
+def run_pipeline(b: Bench, seeds: tuple = (0,)) -> None:
+    b.run(pipeline_steps(b, seeds))
+    pictures(b, b.runs / "clip" / "final.pt", _rc_dir(b, "full", seeds[0]) / "final.pt", seeds[0])
 
 
 ABLATIONS = [  # (tag, what, extra train_pretrain.py args); the full model is regionclip-full-s0
@@ -175,18 +161,17 @@ ABLATIONS = [  # (tag, what, extra train_pretrain.py args); the full model is re
 ]
 
 
-def run_ablations(r: Runner) -> None:
-    run_pipeline(r, seeds=(0,))
-    clip, rpn_ckpt = r.runs / "clip" / "final.pt", r.runs / "rpn" / "final.pt"
-    names = ",".join(c["name"] for c in json.loads((r.data / "instances_val_all.json").read_text())["categories"])
+def run_ablations(b: Bench) -> None:
+    steps = pipeline_steps(b, seeds=(0,))
     for tag, _, extra in ABLATIONS:
-        extra = tuple(names if a == "CLASS_NAMES" else a for a in extra)
-        ckpt = regionclip(r, clip, rpn_ckpt, 0, tag, extra)
-        zeroshot(r, ckpt, rpn_ckpt, f"regionclip-{tag}-s0")
-    transfer(r, _rc_dir(r, "full", 0) / "final.pt", "regionclip-nofocal", 0,
-             ("--focal_gamma", "0", "--background_weight", "1.0"))
-    zeroshot(r, clip, rpn_ckpt, "clip-native-128", ("--scale", "1.0"))
-    write_ablations(r)
+        extra = tuple(",".join(SHAPES) if a == "CLASS_NAMES" else a for a in extra)
+        steps += [regionclip(b, 0, tag, extra), *zeroshot(b, f"regionclip-{tag}-s0", f"regionclip-{tag}-s0")]
+    steps += [transfer(b, "regionclip-full-s0", "regionclip-nofocal", 0, ("--focal_gamma", "0", "--background_weight",
+                                                                           "1.0")),
+              *zeroshot(b, "stage0", "clip-native-128", ("--scale", "1.0"))]
+    b.run(steps)
+    pictures(b, b.runs / "clip" / "final.pt", _rc_dir(b, "full", 0) / "final.pt", 0)
+    write_ablations(b)
 
 
 # ---- tables ---------------------------------------------------------------------------------------------------
@@ -227,20 +212,20 @@ def _fmt(s: dict) -> str:
     return f"{s['mean']:.1f}" + (f" ± {s['std']:.1f}" if s["n"] > 1 else "")
 
 
-def summarize(r: Runner) -> dict:
+def summarize(b: Bench) -> dict:
     """results/toy/summary.{json,md} from whatever runs exist; prints the markdown."""
-    zs = r.results / "zeroshot"
+    zs = b.results / "zeroshot"
     clip_gt, clip_rpn = _load(zs / "clip-gt.json"), _load(zs / "clip-rpn.json")
     if clip_gt is None:
         raise SystemExit(f"no {zs / 'clip-gt.json'} yet: run `make toy` first")
     whole, region = 100 * clip_gt["whole_image_top1"]["accuracy"], 100 * clip_gt["gt_box_top1"]["all"]
     fig1b = {"whole_image_top1": whole, "gt_box_top1": region, "gap": whole - region,
              "whole_image_target_met": whole >= 70.0, "gap_target_met": whole - region >= 20.0}
-    seeds = [s for s in r.seeds if (r.runs / f"det-regionclip-s{s}" / "results.json").is_file()
+    seeds = [s for s in b.seeds if (b.runs / f"det-regionclip-s{s}" / "results.json").is_file()
              and (zs / f"regionclip-s{s}-gt.json").is_file()]
-    clip_rows = [_row(clip_gt, clip_rpn, _load(r.runs / f"det-clip-s{s}" / "results.json")) for s in seeds]
+    clip_rows = [_row(clip_gt, clip_rpn, _load(b.runs / f"det-clip-s{s}" / "results.json")) for s in seeds]
     rc_rows = [_row(_load(zs / f"regionclip-s{s}-gt.json"), _load(zs / f"regionclip-s{s}-rpn.json"),
-                    _load(r.runs / f"det-regionclip-s{s}" / "results.json")) for s in seeds]
+                    _load(b.runs / f"det-regionclip-s{s}" / "results.json")) for s in seeds]
     clip_s, rc_s = _stats(clip_rows), _stats(rc_rows)
     verdict = {}
     for col in clip_s:
@@ -248,11 +233,11 @@ def summarize(r: Runner) -> dict:
         spread = max([v for v in (rc_s[col]["std"], clip_s[col]["std"]) if not math.isnan(v)], default=float("nan"))
         verdict[col] = {"regionclip_minus_clip": diff, "seed_std": spread,
                         "beats_by_more_than_std": bool(diff > spread) if not math.isnan(spread) else None}
-    timings = _load(r.results / "timings.json") or {}
-    summary = {"world": r.world, "budget": r.budget, "seeds": seeds, "fig1b": fig1b, "clip": clip_s, "regionclip": rc_s,
+    timings = _load(b.results / "timings.json") or {}
+    summary = {"world": b.world, "budget": b.budget, "seeds": seeds, "fig1b": fig1b, "clip": clip_s, "regionclip": rc_s,
                "per_seed": {"clip": clip_rows, "regionclip": rc_rows}, "verdict": verdict, "timings": timings,
                "machine": machine()}
-    (r.results / "summary.json").write_text(json.dumps(summary, indent=2))
+    (b.results / "summary.json").write_text(json.dumps(summary, indent=2))
     md = [f"# Toy benchmark: CLIP vs RegionCLIP ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}: "
           f"{', '.join(map(str, seeds)) or 'none finished'})", "",
           "## Stage 0 reproduces Fig. 1(b)?", "",
@@ -271,21 +256,25 @@ def summarize(r: Runner) -> dict:
           "Where RegionCLIP beats CLIP by more than the larger seed std: " + ((", ".join(
               f"{g.replace('_', ' ')} {k}" for g, k in COLUMNS if verdict[f"{g}.{k}"]["beats_by_more_than_std"])
               or "nowhere") if len(seeds) > 1 else "not known from one seed (make toy-seeds)") + ".", "",
-          f"Budget: {r.budget}; world: {r.world}.", "", "## Step times", "", "| step | seconds |", "|---|---|"]
-    md += [f"| {k} | {v['seconds']} |" for k, v in timings.items()]
+          f"Budget: {b.budget}; world: {b.world}.", "", "## Step times", "", "| step | seconds |", "|---|---|"]
+    md += [f"| {k} | {v['seconds']} |" for k, v in timings.items() if not k.startswith("_")]
+    for call in timings.get("_calls", [])[-3:]:
+        md.append(f"\nA call at {call['finished']} ran {len(call['steps_run'])} steps in {call['wall_seconds']} s wall "
+                  f"({call['jobs']} side by side); peak memory of the pipeline {call['peak_memory_mb']} MB (sum of "
+                  f"PSS over its processes), largest process {call['peak_process_rss_mb']} MB RSS.")
     md += ["", f"Machine: {summary['machine']}"]
     text = "\n".join(md) + "\n"
-    (r.results / "summary.md").write_text(text)
+    (b.results / "summary.md").write_text(text)
     print(text)
     return summary
 
 
-def write_ablations(r: Runner) -> None:
-    zs = r.results / "zeroshot"
+def write_ablations(b: Bench) -> None:
+    zs = b.results / "zeroshot"
     full = _row(_load(zs / "regionclip-s0-gt.json"), _load(zs / "regionclip-s0-rpn.json"),
-                _load(r.runs / "det-regionclip-s0" / "results.json"))
+                _load(b.runs / "det-regionclip-s0" / "results.json"))
     rows = [("CLIP (stage 0, the teacher)", _row(_load(zs / "clip-gt.json"), _load(zs / "clip-rpn.json"),
-                                               _load(r.runs / "det-clip-s0" / "results.json"))),
+                                               _load(b.runs / "det-clip-s0" / "results.json"))),
             ("CLIP, regions pooled at the native 128 px (`--scale 1`)",
              _row(_load(zs / "clip-native-128-gt.json"), _load(zs / "clip-native-128-rpn.json"), None)),
             ("**RegionCLIP, full model**", full)]
@@ -293,26 +282,25 @@ def write_ablations(r: Runner) -> None:
         rows.append((what, _row(_load(zs / f"regionclip-{tag}-s0-gt.json"), _load(zs / f"regionclip-{tag}-s0-rpn.json"),
                                 None)))
     rows.append(("transfer without focal scaling (γ 0, background weight 1)",
-                 _row(None, None, _load(r.runs / "det-regionclip-nofocal-s0" / "results.json"))))
+                 _row(None, None, _load(b.runs / "det-regionclip-nofocal-s0" / "results.json"))))
     fmt = lambda v: "—" if math.isnan(v) else f"{v:.1f}"  # noqa: E731
     md = ["# Toy ablations (seed 0, one row each against the full model)", "", HEADER]
     md += [f"| {name} | " + " | ".join(fmt(row[g][k]) for g, k in COLUMNS) + " |" for name, row in rows]
-    md += ["", f"Every RegionCLIP row: {r.budget['regionclip_steps']} steps from the same stage 0, RPN proposals unless "
+    md += ["", f"Every RegionCLIP row: {b.budget['regionclip_steps']} steps from the same stage 0, RPN proposals unless "
            "the row says otherwise, evaluated by the same protocol (regions pooled at 2×). OVD transfer (— where not "
            "run) only for the full model and the focal row, to keep the run short."]
-    (r.results / "ablations.md").write_text("\n".join(md) + "\n")
-    (r.results / "ablations.json").write_text(json.dumps(dict(rows), indent=2))
+    (b.results / "ablations.md").write_text("\n".join(md) + "\n")
+    (b.results / "ablations.json").write_text(json.dumps(dict(rows), indent=2))
     print("\n".join(md))
 
 
 def machine() -> str:
     return (f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} "
-            f"threads), {platform.python_version()}, "
-            f"peak child RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB this call")
+            f"threads), Python {platform.python_version()}")
 
 
 # ---- pictures -------------------------------------------------------------------------------------------------
-def pictures(r: Runner, clip_ckpt: Path, rc_ckpt: Path, seed: int, n_images: int = 6) -> None:
+def pictures(b: Bench, clip_ckpt: Path, rc_ckpt: Path, seed: int, n_images: int = 6) -> None:
     """regions.png (GT boxes named by CLIP and by RegionCLIP, green right / red wrong) and detections.png (the two
     transferred detectors' top detections, novel classes marked *)."""
     from torchvision.utils import make_grid, save_image
@@ -324,10 +312,10 @@ def pictures(r: Runner, clip_ckpt: Path, rc_ckpt: Path, seed: int, n_images: int
     from regionclip_min.evaluation import region_embeddings
     from regionclip_min.regions import RegionEncoder
 
-    out_regions, out_dets = r.results / "regions.png", r.results / "detections.png"
-    if out_regions.is_file() and out_dets.is_file() and not r.force:
+    out_regions, out_dets = b.results / "regions.png", b.results / "detections.png"
+    if out_regions.is_file() and out_dets.is_file() and not b.force:
         return
-    ds = DetectionDataset(r.data / "instances_val_all.json", r.data / "images")
+    ds = DetectionDataset(b.data / "instances_val_all.json", b.data / "images")
     novel = [s == "novel" for s in ds.category_splits]
     picks = [i for i in range(len(ds)) if ds.kinds[i] == "scene"][:n_images]
     panels = []
@@ -350,7 +338,7 @@ def pictures(r: Runner, clip_ckpt: Path, rc_ckpt: Path, seed: int, n_images: int
     print(f"{out_regions}: top row CLIP, bottom row RegionCLIP; green right, red wrong; * novel")
     dets = []
     for name in ("clip", "regionclip"):
-        ckpt = r.runs / f"det-{name}-s{seed}" / "final.pt"
+        ckpt = b.runs / f"det-{name}-s{seed}" / "final.pt"
         det = load_detector(ckpt)
         for i in picks:
             image, _ = ds[i]
@@ -387,18 +375,22 @@ def main(argv=None) -> None:
     p.add_argument("--world", default="", help=f"override the world, e.g. num_train=2000 (default {WORLD})")
     p.add_argument("--budget", default="", help=f"override step counts, e.g. regionclip_steps=600 (default {BUDGET})")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of `seeds` (default %(default)s)")
+    p.add_argument("--jobs", type=int, default=JOBS, help="steps run side by side, each with cores/jobs threads "
+                   "(default %(default)s; 1: one after the other, each progress bar on the terminal)")
     args = p.parse_args(argv)
     t0 = time.time()
-    r = Runner(force=args.force, data=Path(args.data), runs=Path(args.runs), results=Path(args.results),
-               world=_key_values(args.world, WORLD), budget=_key_values(args.budget, BUDGET),
-               seeds=tuple(int(x) for x in args.seeds.split(",") if x.strip()))
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
+    b = Bench(force=args.force, data=Path(args.data), runs=Path(args.runs), results=Path(args.results),
+              world=_key_values(args.world, WORLD), budget=_key_values(args.budget, BUDGET),
+              seeds=tuple(int(x) for x in args.seeds.split(",") if x.strip()), jobs=args.jobs)
     if args.what == "run":
-        run_pipeline(r)
+        run_pipeline(b)
     elif args.what == "seeds":
-        run_pipeline(r, seeds=r.seeds)
+        run_pipeline(b, seeds=b.seeds)
     elif args.what == "ablations":
-        run_ablations(r)
-    summarize(r)
+        run_ablations(b)
+    summarize(b)
     print(f"{args.what}: {time.time() - t0:.0f} s in this call")
 
 

@@ -12,6 +12,9 @@ def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path,
     toy_benchmark.main(["run", *args])
     res = tmp_path / "res"
     timings = json.loads((res / "timings.json").read_text())
+    calls = timings.pop("_calls")
+    assert len(calls) == 1 and calls[0]["jobs"] == 2 and calls[0]["peak_memory_mb"] > 100
+    assert sorted(calls[0]["steps_run"]) == sorted(timings)
     assert set(timings) == {"generate", "stage0", "rpn", "zs-clip-gt", "zs-clip-rpn", "regionclip-full-s0",
                             "zs-regionclip-s0-gt", "zs-regionclip-s0-rpn", "det-clip-s0", "det-regionclip-s0"}
     summary = json.loads((res / "summary.json").read_text())
@@ -24,4 +27,5 @@ def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path,
     capsys.readouterr()
     toy_benchmark.main(["run", *args])  # everything exists: nothing is redone
     printed = capsys.readouterr().out
-    assert printed.count("skipped") == len(timings) and json.loads((res / "timings.json").read_text()) == timings
+    assert printed.count("skipped") == len(timings)
+    assert json.loads((res / "timings.json").read_text()) == {**timings, "_calls": calls}  # nothing ran, nothing added

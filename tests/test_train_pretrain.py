@@ -59,12 +59,20 @@ def test_regionclip_runs_logs_all_terms_and_keeps_frozen_parts(toy_world, stage0
 
 
 def test_region_losses_fall(toy_world, stage0_run, tmp_path):
+    """The student fits its pseudo-labels: on a fixed batch (4 images, grid boxes, no flips) the region-text loss
+    falls by more than 40% in 40 steps. (On changing batches of 4 the per-step loss is too noisy to show a trend.)"""
+    caps = json.loads(Path(toy_world["captions_train"]).read_text())
+    keep = {im["id"] for im in caps["images"][:4]}
+    sub = {**caps, "images": caps["images"][:4], "annotations": [a for a in caps["annotations"] if a["image_id"] in keep]}
+    sub_path = Path(toy_world["captions_train"]).parent / "captions_train_first4.json"
+    sub_path.write_text(json.dumps(sub))
     out = tmp_path / "rc-fall"
-    train_pretrain.main(_rc_args(toy_world, stage0_run, out, "--max_steps", "40", "--log_every", "1",
-                                 "--negatives", "pool", "--lr", "1e-3", "--w_image", "0"))
-    rows = _metrics(out)
-    region = [r["loss_region_contrastive"] + r["loss_distill"] for r in rows]
-    assert sum(region[-8:]) / 8 < 0.8 * sum(region[:8]) / 8, region
+    args = _rc_args(toy_world, stage0_run, out, "--max_steps", "40", "--log_every", "1", "--negatives", "pool",
+                    "--lr", "1e-3", "--w_image", "0", "--proposals", "grid", "--hflip", "false")
+    args[args.index("--captions") + 1] = str(sub_path)
+    train_pretrain.main(args)
+    region = [r["loss_region_contrastive"] for r in _metrics(out)]
+    assert sum(region[-5:]) / 5 < 0.6 * region[0], region  # measured: 1.10 -> 0.47
 
 
 def test_resume_gives_identical_weights(toy_world, stage0_run, tmp_path):
@@ -161,3 +169,29 @@ def test_missing_images_stop_with_a_clear_message(toy_world, tmp_path):
     with pytest.raises(SystemExit, match="image_root"):
         train_pretrain.main(["--preset", "toy-clip", "--captions", toy_world["captions_train"], "--image_root",
                              str(tmp_path), "--out_dir", str(tmp_path / "o"), "--max_steps", "1"])
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_fused_optimizer_matches_the_plain_one(name):
+    """build_optimizer picks torch's fused kernels; three steps must land where the per-parameter loop lands."""
+    from regionclip_min.steps import build_optimizer
+    torch.manual_seed(0)
+    ref = [torch.randn(5, 3, requires_grad=True), torch.randn(3, requires_grad=True)]
+    ours = [p.detach().clone().requires_grad_(True) for p in ref]
+    plain_groups = [{"params": [ref[0]], "weight_decay": 0.1}, {"params": [ref[1]], "weight_decay": 0.0}]
+    plain = (torch.optim.AdamW(plain_groups, lr=1e-2, foreach=False) if name == "adamw"
+             else torch.optim.SGD(plain_groups, lr=1e-2, momentum=0.9, foreach=False))
+    fused = build_optimizer(name, [{"params": [ours[0]], "weight_decay": 0.1},
+                                   {"params": [ours[1]], "weight_decay": 0.0}], lr=1e-2)
+    assert fused.defaults.get("fused") is True
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in ref]
+        for params, opt in ((ref, plain), (ours, fused)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(ref, ours):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(a, torch.zeros_like(a))
+    with pytest.raises(ValueError, match="adamw or sgd"):
+        build_optimizer("adam", [{"params": [ours[0]]}], lr=1e-2)

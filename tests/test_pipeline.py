@@ -1,0 +1,87 @@
+"""The step runner of the toy benchmark: dependencies, priority order, two lanes, skip-if-done, failures, memory."""
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from regionclip_min.pipeline import Runner, Step, tree_memory
+
+
+def _touch_step(tmp_path, name, after=(), sleep=0.0, code=0):
+    """A step that sleeps, writes '<start> <end> <OMP_NUM_THREADS>' to its output and exits with `code`."""
+    out = tmp_path / f"{name}.out"
+    prog = (f"import os, time; t = time.time(); time.sleep({sleep}); "
+            f"open({str(out)!r}, 'w').write(f'{{t}} {{time.time()}} {{os.environ[\"OMP_NUM_THREADS\"]}}') "
+            f"if {code} == 0 else None; raise SystemExit({code})")
+    return Step(name, f"test step {name}", out, ["-c", prog], after=tuple(after))
+
+
+def _span(tmp_path, name):
+    start, end, threads = (tmp_path / f"{name}.out").read_text().split()
+    return float(start), float(end), int(threads)
+
+
+def test_two_lanes_run_independent_steps_side_by_side_and_respect_dependencies(tmp_path):
+    steps = [_touch_step(tmp_path, "a", sleep=0.3), _touch_step(tmp_path, "b", ["a"], sleep=1.0),
+             _touch_step(tmp_path, "c", ["a"], sleep=1.0), _touch_step(tmp_path, "d", ["b", "c"])]
+    r = Runner(tmp_path / "res", jobs=2)
+    r.run(steps)
+    a, b, c, d = (_span(tmp_path, n) for n in "abcd")
+    assert a[1] <= b[0] and a[1] <= c[0]  # after their dependency
+    assert b[0] < c[1] and c[0] < b[1]  # b and c overlap in time
+    assert d[0] >= max(b[1], c[1])
+    cores = os.cpu_count()
+    assert a[2] == cores and d[2] == cores  # alone: every core
+    assert b[2] == c[2] == max(1, cores // 2)  # side by side: half each
+    timings = json.loads((tmp_path / "res" / "timings.json").read_text())
+    assert set(timings) == set("abcd") and all(t["seconds"] > 0 for t in timings.values())
+    assert (tmp_path / "res" / "logs" / "b.log").is_file()
+
+
+def test_one_lane_keeps_list_order_and_skips_finished_steps(tmp_path, capsys):
+    steps = [_touch_step(tmp_path, "x"), _touch_step(tmp_path, "y"), _touch_step(tmp_path, "z", ["x"])]
+    Runner(tmp_path / "res", jobs=1).run(steps)
+    x, y, z = (_span(tmp_path, n) for n in "xyz")
+    assert x[1] <= y[0] <= y[1] <= z[0]
+    capsys.readouterr()
+    (tmp_path / "y.out").unlink()
+    Runner(tmp_path / "res", jobs=1).run(steps)
+    printed = capsys.readouterr().out
+    assert printed.count("skipped") == 2 and "[y] done" in printed
+
+
+def test_a_failing_step_stops_the_run_names_it_and_stops_its_neighbour(tmp_path):
+    steps = [_touch_step(tmp_path, "slow", sleep=30), _touch_step(tmp_path, "bad", code=3),
+             _touch_step(tmp_path, "later", ["bad"])]
+    t0 = time.time()
+    with pytest.raises(SystemExit, match=r"\[bad\] failed \(exit 3\).*stopped slow"):
+        Runner(tmp_path / "res", jobs=2).run(steps)
+    assert time.time() - t0 < 20  # the 30-s neighbour was terminated, not waited for
+    assert not (tmp_path / "later.out").exists()
+
+
+def test_bad_step_lists_are_refused(tmp_path):
+    r = Runner(tmp_path / "res")
+    with pytest.raises(ValueError, match="repeat"):
+        r.run([_touch_step(tmp_path, "a"), _touch_step(tmp_path, "a")])
+    with pytest.raises(ValueError, match="not in the list"):
+        r.run([_touch_step(tmp_path, "a", ["nope"])])
+    with pytest.raises(RuntimeError, match="wait on each other"):
+        r.run([_touch_step(tmp_path, "p", ["q"]), _touch_step(tmp_path, "q", ["p"])])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_tree_memory_counts_children(tmp_path):
+    import subprocess
+    own_pss, own_rss = tree_memory()
+    assert own_pss > 10_000 and own_rss >= own_pss // 2  # this python with torch imported: > 10 MB
+    child = subprocess.Popen([sys.executable, "-c", "x = bytearray(200 * 2**20); import time; time.sleep(5)"])
+    try:
+        time.sleep(1.5)
+        pss, rss = tree_memory()
+        assert pss > own_pss + 150_000  # the child's 200 MB is counted
+    finally:
+        child.kill()
+        child.wait()
