@@ -9,7 +9,7 @@ SEED   ?= 0
 TOY_NUM_TRAIN ?= 8000
 TOY_NUM_VAL   ?= 500
 
-.PHONY: help venv toy toy-seeds toy-ablations toy-world test clean
+.PHONY: help venv toy toy-seeds toy-ablations toy-world bench test clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -34,6 +34,9 @@ toy-ablations: $(STAMP)  ## the paper's ablations on the toy world: results/toy/
 
 toy-world: $(STAMP)  ## only generate the toy world (data/toy)
 	$(PY) -m regionclip_min.toyworld --out $(DATA) --seed $(SEED) --num-train $(TOY_NUM_TRAIN) --num-val $(TOY_NUM_VAL)
+
+bench: $(STAMP)  ## speed and memory against their bounds: results/bench.md / .json (CPU; DEVICE=cuda on a GPU)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py --device $(or $(DEVICE),cpu)
 
 test: $(STAMP)  ## run the test suite (CPU, offline)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

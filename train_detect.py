@@ -92,6 +92,8 @@ class DetectConfig:
     box_batch_size_per_image: int = field(default=32, metadata={"help": "RoIs sampled per image. CPU roi_align "
                                           "backward is single-threaded and the box head runs per RoI: keep small"})
     box_positive_fraction: float = 0.25
+    roi_sampling_ratio: int = field(default=0, metadata={"help": "RoIAlign samples per bin side (0: adaptive, one "
+                                    "per bin here; torchvision's default 2 costs 4 samples per bin)"})
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     detections_per_img: int = 100
@@ -185,7 +187,7 @@ def detector_kwargs(cfg) -> dict:
                 box_batch_size_per_image=cfg.box_batch_size_per_image, box_positive_fraction=cfg.box_positive_fraction,
                 box_score_thresh=cfg.box_score_thresh, box_nms_thresh=cfg.box_nms_thresh,
                 detections_per_img=cfg.detections_per_img, tau=cfg.tau, focal_gamma=cfg.focal_gamma,
-                background_weight=cfg.background_weight)
+                background_weight=cfg.background_weight, sampling_ratio=cfg.roi_sampling_ratio)
 
 
 def check_config(cfg) -> None:

@@ -51,3 +51,21 @@ def build_optimizer(name: str, groups: list[dict], lr: float, momentum: float = 
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=fused)
     raise ValueError(f"optimizer must be adamw or sgd, got {name!r}")
+
+
+def resolve_amp(amp: str, device) -> str:
+    """'none' | 'bf16' | 'auto' -> 'none' or 'bf16'. 'auto' picks bf16 where the hardware computes it natively: a
+    CUDA GPU with bf16 support, or a CPU with AVX512-BF16 / AMX-BF16 (elsewhere bf16 on CPU is emulated, slower)."""
+    if amp not in ("none", "bf16", "auto"):
+        raise ValueError(f"amp must be none, bf16 or auto, got {amp!r}")
+    if amp != "auto":
+        return amp
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "none"
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return "none"
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    return "bf16" if native and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "none"

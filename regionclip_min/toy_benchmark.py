@@ -43,6 +43,7 @@ RESULTS = Path("results/toy")
 WORLD = dict(seed=0, num_train=8000, num_val=500)  # DESIGN.md §5.1 world C size
 BUDGET = dict(stage0_steps=2500, rpn_steps=600, regionclip_steps=300, detector_steps=300)
 SEEDS = (0, 1, 2)
+AMP = "auto"  # pretraining under bf16 autocast where the CPU has it natively (train_pretrain.py --amp)
 JOBS = 2  # steps side by side (regionclip_min/pipeline.py: two 1-thread lanes beat one 2-thread lane)
 
 
@@ -86,7 +87,8 @@ def stage0(b: Bench) -> Step:
     out = b.runs / "clip"
     return Step("stage0", f"stage 0: the toy CLIP, {b.budget['stage0_steps']} steps", out / "final.pt",
                 ["train_pretrain.py", "--preset", "toy-clip", "--captions", b.data / "captions_train.json",
-                 "--out_dir", out, "--max_steps", b.budget["stage0_steps"]], run_dir=out, after=("generate",))
+                 "--out_dir", out, "--max_steps", b.budget["stage0_steps"], "--amp", AMP], run_dir=out,
+                after=("generate",))
 
 
 def rpn(b: Bench) -> Step:
@@ -104,7 +106,8 @@ def regionclip(b: Bench, seed: int, tag: str = "full", extra: tuple = ()) -> Ste
                 ["train_pretrain.py", "--preset", "toy", "--captions", b.data / "captions_train.json", "--init",
                  b.runs / "clip" / "final.pt", "--proposals", "rpn", "--rpn_checkpoint", b.runs / "rpn" / "final.pt",
                  "--out_dir", out, "--seed", seed, "--max_steps", b.budget["regionclip_steps"], "--warmup_steps", "30",
-                 "--concept_cache", b.runs / "concept-cache", *extra], run_dir=out, after=("stage0", "rpn"))
+                 "--concept_cache", b.runs / "concept-cache", "--amp", AMP, *extra], run_dir=out,
+                after=("stage0", "rpn"))
 
 
 def transfer(b: Bench, init_step: str, name: str, seed: int, extra: tuple = ()) -> Step:
@@ -234,7 +237,9 @@ def summarize(b: Bench) -> dict:
         verdict[col] = {"regionclip_minus_clip": diff, "seed_std": spread,
                         "beats_by_more_than_std": bool(diff > spread) if not math.isnan(spread) else None}
     timings = _load(b.results / "timings.json") or {}
-    summary = {"world": b.world, "budget": b.budget, "seeds": seeds, "fig1b": fig1b, "clip": clip_s, "regionclip": rc_s,
+    summary = {"world": b.world, "budget": b.budget, "seeds": seeds, "amp": {
+                   "stage0": _amp_used(b.runs / "clip"),
+                   "regionclip": _amp_used(_rc_dir(b, "full", seeds[0])) if seeds else "?"}, "fig1b": fig1b, "clip": clip_s, "regionclip": rc_s,
                "per_seed": {"clip": clip_rows, "regionclip": rc_rows}, "verdict": verdict, "timings": timings,
                "machine": machine()}
     (b.results / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -256,7 +261,9 @@ def summarize(b: Bench) -> dict:
           "Where RegionCLIP beats CLIP by more than the larger seed std: " + ((", ".join(
               f"{g.replace('_', ' ')} {k}" for g, k in COLUMNS if verdict[f"{g}.{k}"]["beats_by_more_than_std"])
               or "nowhere") if len(seeds) > 1 else "not known from one seed (make toy-seeds)") + ".", "",
-          f"Budget: {b.budget}; world: {b.world}.", "", "## Step times", "", "| step | seconds |", "|---|---|"]
+          f"Budget: {b.budget}; world: {b.world}; pretraining precision (train_pretrain.py --amp {AMP}): stage 0 "
+          f"{_amp_used(b.runs / 'clip')}, RegionCLIP {_amp_used(_rc_dir(b, 'full', seeds[0]) if seeds else b.runs)}.",
+          "", "## Step times", "", "| step | seconds |", "|---|---|"]
     md += [f"| {k} | {v['seconds']} |" for k, v in timings.items() if not k.startswith("_")]
     for call in timings.get("_calls", [])[-3:]:
         md.append(f"\nA call at {call['finished']} ran {len(call['steps_run'])} steps in {call['wall_seconds']} s wall "
@@ -267,6 +274,11 @@ def summarize(b: Bench) -> dict:
     (b.results / "summary.md").write_text(text)
     print(text)
     return summary
+
+
+def _amp_used(run: Path) -> str:
+    cfg = _load(run / "config.json") or {}
+    return {"bf16": "bf16 autocast", "none": "float32"}.get(cfg.get("amp", "none"), "?") if cfg else "?"
 
 
 def write_ablations(b: Bench) -> None:

@@ -18,6 +18,7 @@ def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path,
     assert set(timings) == {"generate", "stage0", "rpn", "zs-clip-gt", "zs-clip-rpn", "regionclip-full-s0",
                             "zs-regionclip-s0-gt", "zs-regionclip-s0-rpn", "det-clip-s0", "det-regionclip-s0"}
     summary = json.loads((res / "summary.json").read_text())
+    assert set(summary["amp"].values()) <= {"bf16 autocast", "float32"}
     assert summary["seeds"] == [0] and set(summary["fig1b"]) >= {"whole_image_top1", "gt_box_top1", "gap"}
     for model in ("clip", "regionclip"):
         assert summary[model]["gt_top1.all"]["n"] == 1 and summary[model]["ovd_ap50.novel"]["n"] <= 1

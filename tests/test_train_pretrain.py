@@ -195,3 +195,23 @@ def test_fused_optimizer_matches_the_plain_one(name):
         assert not torch.equal(a, torch.zeros_like(a))
     with pytest.raises(ValueError, match="adamw or sgd"):
         build_optimizer("adam", [{"params": [ours[0]]}], lr=1e-2)
+
+
+def test_bf16_autocast_trains_with_float32_weights(toy_world, stage0_run, tmp_path):
+    """--amp bf16: both stages run, losses finite, weights and checkpoints stay float32; bad values refused."""
+    out = tmp_path / "bf16"
+    train_pretrain.main(_rc_args(toy_world, stage0_run, out, "--max_steps", "3", "--log_every", "1", "--amp", "bf16"))
+    rows = _metrics(out)
+    assert len(rows) == 3 and all(torch.isfinite(torch.tensor(r["total"])) for r in rows)
+    state = load_checkpoint(out / "final.pt")["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    out0 = tmp_path / "bf16-stage0"
+    train_pretrain.main(["--preset", "toy-clip", "--captions", toy_world["captions_train"], "--out_dir", str(out0),
+                         "--max_steps", "2", "--batch_size", "8", "--num_workers", "0", "--amp", "bf16"])
+    assert load_checkpoint(out0 / "final.pt")["step"] == 2
+    with pytest.raises(SystemExit, match="--amp"):
+        train_pretrain.main(_rc_args(toy_world, stage0_run, tmp_path / "x", "--amp", "fp8"))
+    from regionclip_min.steps import resolve_amp
+    assert resolve_amp("auto", "cpu") in ("none", "bf16") and resolve_amp("none", "cpu") == "none"
+    with pytest.raises(ValueError, match="amp"):
+        resolve_amp("fp16x", "cpu")

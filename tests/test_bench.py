@@ -1,0 +1,56 @@
+"""benchmarks/run.py (make bench) at tiny sizes: every section runs, writes its tables, and its own checks bite."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import run as bench  # noqa: E402
+
+
+def test_quick_bench_writes_every_cpu_section(tmp_path):
+    res = bench.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert set(saved) >= {"machine", "regions", "step_parts", "scaling", "text", "detector", "memory"}
+    assert saved["machine"]["cores"] >= 1 and saved["machine"]["device"] == "cpu"
+    for r in res["regions"]:
+        assert r["whole_box_rel_err"] < 1e-4 and r["bound"] > 1.0 and r["ours_regions_per_s"] > 0
+    for r in res["step_parts"]:
+        assert {"teacher forward", "student forward", "student backward", "optimizer"} <= set(r["shares"])
+        assert abs(sum(r["shares"].values()) - 1.0) < 1e-6 and 0 <= r["other_share"] <= 1
+    flops = {r["value"]: r["gflops"] for r in res["scaling"] if r["vary"] == "regions"}
+    assert flops[16] > flops[4]  # more regions, more arithmetic
+    assert res["text"]["cache"]["files"] == 1
+    assert res["detector"][0]["sampling"] == "ours" and len(res["detector"]) == len(bench.DETECTOR_SAMPLING)
+    md = (tmp_path / "bench.md").read_text()
+    assert "## 1. Region embeddings" in md and "## 7. GPU" in md and "Not run: no GPU" in md
+
+
+def test_flop_bound_matches_arithmetic_on_rn_toy():
+    """The bound is FLOPs(crops) / FLOPs(ours): R crops cost R whole-tower passes."""
+    model, _ = bench._model("RN-toy", torch.device("cpu"))
+    image = torch.randn(1, 3, 128, 128)
+    boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0], [10.0, 20.0, 100.0, 120.0]])
+    with torch.no_grad():
+        one = bench.count_flops(lambda: model.encode_image(image))
+        crops = bench.count_flops(lambda: bench.crop_encode(model, image, boxes, 128))
+    assert crops == 2 * one
+
+
+def test_a_wrong_fast_path_stops_the_bench(monkeypatch):
+    from regionclip_min import regions
+    original = regions.RegionEncoder.head
+    monkeypatch.setattr(regions.RegionEncoder, "head", lambda self, pooled: original(self, pooled) * 1.01)
+    with pytest.raises(SystemExit, match="differs from encode_image"):
+        bench.bench_regions(torch.device("cpu"), quick=True)
+
+
+def test_bad_options_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="section numbers"):
+        bench.main(["--only", "one", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unknown"):
+        bench.main(["detector-ap", "--settings", "fastest", "--init", __file__, "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="not found"):
+        bench.main(["detector-ap", "--init", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
