@@ -107,7 +107,8 @@ class Runner:
                                           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
                     self.timings_path.write_text(json.dumps(self.timings, indent=2))
                     bar.update(1)
-                    (bar.write if self.jobs > 1 else print)(f"[{name}] done in {seconds} s ({threads} threads)")
+                    (bar.write if self.jobs > 1 else print)(f"[{name}] done in {seconds} s ({threads} thread"
+                                                            f"{'s' if threads > 1 else ''})")
                 if self.jobs > 1:
                     bar.set_postfix_str(", ".join(f"{n} {_progress(r[3])}" for n, r in running.items()), refresh=False)
         finally:
