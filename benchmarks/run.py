@@ -516,7 +516,9 @@ def markdown(res: dict) -> str:
         md += ["## 6. Memory", ""]
         if "make_toy" in mem:
             c = mem["make_toy"]
-            md += [f"Peak of `make toy` (call finished {c['finished']}, {c['jobs']} steps side by side): "
+            md += [f"Peak of the toy benchmark (`{c.get('command', 'make toy / toy-seeds / toy-ablations')}`, the "
+                   f"largest recorded in results/toy/timings.json; call finished {c['finished']}, {c['jobs']} steps "
+                   f"side by side): "
                    f"{c['peak_memory_mb']} MB (sum of PSS over its processes; largest process "
                    f"{c['peak_process_rss_mb']} MB RSS). Target ≤ 4096 MB: "
                    f"{'met' if c['peak_memory_mb'] <= 4096 else 'NOT met'}."]

@@ -56,6 +56,7 @@ class Bench:
         self.force, self.data, self.runs, self.results = force, Path(data), Path(runs), Path(results)
         self.world, self.budget, self.seeds = {**WORLD, **(world or {})}, {**BUDGET, **(budget or {})}, tuple(seeds)
         self.runner = Runner(self.results, force=force, jobs=jobs)
+        self.what = "run"  # which command (run | seeds | ablations), recorded with each call's wall time and memory
 
     def run(self, steps: list[Step]) -> None:
         t0 = time.time()
@@ -63,7 +64,7 @@ class Bench:
         mem = self.runner.memory
         if mem.peak_pss_kb:  # something ran: keep this call's wall time and memory peak
             calls = self.runner.timings.setdefault("_calls", [])
-            calls.append({"steps_run": [s.name for s in steps if s.name in self.runner.timings
+            calls.append({"command": f"toy_benchmark {self.what}", "steps_run": [s.name for s in steps if s.name in self.runner.timings
                                         and self.runner.timings[s.name]["finished"] >= time.strftime(
                                             "%Y-%m-%d %H:%M:%S", time.localtime(t0))],
                           "wall_seconds": round(time.time() - t0, 1), "jobs": self.runner.jobs,
@@ -396,6 +397,7 @@ def main(argv=None) -> None:
     b = Bench(force=args.force, data=Path(args.data), runs=Path(args.runs), results=Path(args.results),
               world=_key_values(args.world, WORLD), budget=_key_values(args.budget, BUDGET),
               seeds=tuple(int(x) for x in args.seeds.split(",") if x.strip()), jobs=args.jobs)
+    b.what = args.what
     if args.what == "run":
         run_pipeline(b)
     elif args.what == "seeds":

@@ -14,6 +14,7 @@ def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path,
     timings = json.loads((res / "timings.json").read_text())
     calls = timings.pop("_calls")
     assert len(calls) == 1 and calls[0]["jobs"] == 2 and calls[0]["peak_memory_mb"] > 100
+    assert calls[0]["command"] == "toy_benchmark run"
     assert sorted(calls[0]["steps_run"]) == sorted(timings)
     assert set(timings) == {"generate", "stage0", "rpn", "zs-clip-gt", "zs-clip-rpn", "regionclip-full-s0",
                             "zs-regionclip-s0-gt", "zs-regionclip-s0-rpn", "det-clip-s0", "det-regionclip-s0"}
