@@ -48,6 +48,7 @@ class Runner:
         self.timings_path = self.results / "timings.json"
         self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
         self.memory = MemoryWatch()
+        self.ran: list[str] = []  # the steps the last run() call ran to the end
 
     def _args(self, s: Step) -> list[str]:
         args = [str(a) for a in s.cmd]
@@ -64,6 +65,7 @@ class Runner:
         if unknown:
             raise ValueError(f"steps need steps that are not in the list: {sorted(unknown)}")
         done, todo = set(), []
+        self.ran = []
         for s in steps:
             if s.output.exists() and not self.force:
                 seconds = self.timings.get(s.name, {}).get("seconds", "?")
@@ -103,6 +105,7 @@ class Runner:
                         raise SystemExit(f"[{name}] failed (exit {proc.returncode}) after {seconds} s{others}; the "
                                          f"end of {log}:\n{tail}")
                     done.add(name)
+                    self.ran.append(name)
                     self.timings[name] = {"seconds": seconds, "threads": threads,
                                           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
                     self.timings_path.write_text(json.dumps(self.timings, indent=2))

@@ -62,11 +62,9 @@ class Bench:
         t0 = time.time()
         self.runner.run(steps)
         mem = self.runner.memory
-        if mem.peak_pss_kb:  # something ran: keep this call's wall time and memory peak
+        if self.runner.ran:  # keep this call's wall time and memory peak
             calls = self.runner.timings.setdefault("_calls", [])
-            calls.append({"command": f"toy_benchmark {self.what}", "steps_run": [s.name for s in steps if s.name in self.runner.timings
-                                        and self.runner.timings[s.name]["finished"] >= time.strftime(
-                                            "%Y-%m-%d %H:%M:%S", time.localtime(t0))],
+            calls.append({"command": f"toy_benchmark {self.what}", "steps_run": self.runner.ran,
                           "wall_seconds": round(time.time() - t0, 1), "jobs": self.runner.jobs,
                           "peak_memory_mb": round(mem.peak_pss_kb / 1024), "peak_process_rss_mb":
                           round(mem.peak_rss_kb / 1024), "finished": time.strftime("%Y-%m-%d %H:%M:%S")})

@@ -47,9 +47,10 @@ def test_one_lane_keeps_list_order_and_skips_finished_steps(tmp_path, capsys):
     assert x[1] <= y[0] <= y[1] <= z[0]
     capsys.readouterr()
     (tmp_path / "y.out").unlink()
-    Runner(tmp_path / "res", jobs=1).run(steps)
+    r = Runner(tmp_path / "res", jobs=1)
+    r.run(steps)
     printed = capsys.readouterr().out
-    assert printed.count("skipped") == 2 and "[y] done" in printed
+    assert printed.count("skipped") == 2 and "[y] done" in printed and r.ran == ["y"]
 
 
 def test_a_failing_step_stops_the_run_names_it_and_stops_its_neighbour(tmp_path):
