@@ -88,6 +88,9 @@ class PretrainConfig:
                            "proposals_per_image of them at random (paper: 300, 100)"})
     tau: float = field(default=0.01, metadata={"help": "temperature of region losses and pseudo-labels (paper)"})
     tau_from_teacher: bool = field(default=False, metadata={"help": "use the teacher's own 1/logit_scale as tau"})
+    image_tau_from_teacher: bool = field(default=False, metadata={"help": "image-text loss at the teacher's own "
+                                         "1/logit_scale, region losses at tau (not the paper's: an experiment, "
+                                         "README 'Toy benchmark')"})
     pseudo_threshold: float = field(default=0.1, metadata={"help": "keep region iff max concept prob > this"})
     negatives: str = field(default="batch", metadata={"help": "region-text negatives: 'batch' or 'pool'"})
     # ---- loss weights (the total is their weighted sum; paper: all 1)
@@ -279,7 +282,7 @@ def _untimed(name):
 
 
 def regionclip_step(cfg, student_enc, teacher_enc, teacher, tokenizer, concept_emb, batch, proposals_table, rpn, g,
-                    device, tau, timer=_untimed):
+                    device, tau, timer=_untimed, image_tau=None):
     """One RegionCLIP step's losses. `timer(name)` is a context manager around each part (benchmarks/run.py
     times them: enlarge, proposals, teacher forward, pseudo-labels, student forward, losses)."""
     with timer("enlarge images"):
@@ -309,7 +312,7 @@ def regionclip_step(cfg, student_enc, teacher_enc, teacher, tokenizer, concept_e
                                                                negatives=cfg.negatives),
             "loss_distill": concept_distillation(region_emb[keep], concept_emb, q[keep], tau=tau),
             "loss_image_contrastive": image_text_contrastive(gather_with_grad(image_emb), gather_with_grad(text_emb),
-                                                             tau=tau),
+                                                             tau=tau if image_tau is None else image_tau),
         }
     return losses, {"kept": keep.float().mean().item() if len(keep) else 0.0,
                     "no_proposal_images": sum(len(b) == 0 for b in boxes)}
@@ -384,11 +387,14 @@ def run_training(cfg, preset, rank: int, world: int):
         raise SystemExit(f"{cfg.captions}: first image {dataset.items[0][0]} not found; is --image_root right?")
     student, teacher, tokenizer = build_models(cfg, device)
     concepts, concept_emb, teacher_enc, proposals_table, rpn, tau = [], None, None, {}, None, cfg.tau
+    image_tau = None  # the image-text loss's temperature: tau unless --image_tau_from_teacher
     if cfg.stage == "regionclip":
         concepts, concept_emb = build_concepts(cfg, dataset, teacher, tokenizer, device)
         teacher_enc = RegionEncoder(teacher.visual).eval()
         if cfg.tau_from_teacher:
             tau = 1.0 / teacher.logit_scale.exp().item()
+        if cfg.image_tau_from_teacher:
+            image_tau = 1.0 / teacher.logit_scale.exp().item()
         if cfg.proposals == "file":
             try:
                 proposals_table = load_proposals_file(cfg.proposals_file)
@@ -399,7 +405,7 @@ def run_training(cfg, preset, rank: int, world: int):
             rpn = load_rpn(cfg.rpn_checkpoint, device)
         if main_proc:
             print(f"concept pool: {len(concepts)} concepts ({concept_backend()}), e.g. {', '.join(concepts[:12])}; "
-                  f"tau {tau:.4f}")
+                  f"tau {tau:.4f}" + (f", image-text tau {image_tau:.4f}" if image_tau is not None else ""))
         trained = RegionEncoder(student.visual)
     else:
         trained = student
@@ -451,7 +457,7 @@ def run_training(cfg, preset, rank: int, world: int):
             losses, info = clip_step(cfg, model, tokenizer, batch, g, device)
         else:
             losses, info = regionclip_step(cfg, model, teacher_enc, teacher, tokenizer, concept_emb, batch,
-                                           proposals_table, rpn, g, device, tau)
+                                           proposals_table, rpn, g, device, tau, image_tau=image_tau)
             no_region_batches += info["kept"] == 0  # no region passed the pseudo-label threshold: only L_image
             no_proposal_images += info.pop("no_proposal_images")
         weights = {"loss_region_contrastive": cfg.w_region, "loss_distill": cfg.w_distill,

@@ -160,6 +160,8 @@ ABLATIONS = [  # (tag, what, extra train_pretrain.py args); the full model is re
     ("neg-pool", "negatives: every concept of the pool instead of the batch's", ("--negatives", "pool")),
     ("tau-teacher", "tau = the teacher's own 1/logit_scale instead of 0.01", ("--tau_from_teacher", "true")),
     ("native-128", "regions pooled at the native 128 px instead of 2x enlarged images", ("--region_scale", "1.0")),
+    ("image-tau-teacher", "extra, not in the paper: image-text loss at the teacher's own tau, region losses at 0.01",
+     ("--image_tau_from_teacher", "true")),
 ]
 
 

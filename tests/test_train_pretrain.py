@@ -215,3 +215,12 @@ def test_bf16_autocast_trains_with_float32_weights(toy_world, stage0_run, tmp_pa
     assert resolve_amp("auto", "cpu") in ("none", "bf16") and resolve_amp("none", "cpu") == "none"
     with pytest.raises(ValueError, match="amp"):
         resolve_amp("fp16x", "cpu")
+
+
+def test_image_tau_from_teacher_sets_only_the_image_loss_temperature(toy_world, stage0_run, tmp_path, capsys):
+    out = tmp_path / "itau"
+    train_pretrain.main(_rc_args(toy_world, stage0_run, out, "--max_steps", "2", "--log_every", "1",
+                                 "--image_tau_from_teacher", "true"))
+    printed = capsys.readouterr().out
+    teacher_tau = 1.0 / load_checkpoint(stage0_run / "final.pt")["model"]["logit_scale"].exp().item()
+    assert "tau 0.0100, image-text tau " + f"{teacher_tau:.4f}" in printed
