@@ -352,24 +352,21 @@ def detector_ap(args) -> None:
     for name in names:
         kw = DETECTOR_SAMPLING[name]
         run = Path(args.runs) / ("det-sampling-" + "".join(c if c.isalnum() else "-" for c in name))
-        if name == "ours" and _same_run(Path(args.ours_run), init, args.steps, kw):
+        reuse = name == "ours" and _same_run(Path(args.ours_run), init, args.steps, kw)
+        if reuse:
             run = Path(args.ours_run)  # make toy's CLIP transfer is this very run: read it, do not redo it
-        if (name in out["runs"] or run == Path(args.ours_run)) and (run / "results.json").is_file():
+        if (reuse or name in out["runs"]) and (run / "results.json").is_file():
             print(f"{name}: read from {run}")
-            summary = json.loads((run / "run_summary.json").read_text())
-            results = json.loads((run / "results.json").read_text())
-            out["runs"][name] = {**kw, "run": str(run), "train_seconds": summary["seconds"],
-                                 "ap50": results["ap50"], "ap": results["ap"]}
-            continue
-        cmd = [sys.executable, "train_detect.py", "--preset", "toy", "--init", str(init), "--train_json",
-               str(Path(args.data) / "instances_train_base.json"), "--val_json",
-               str(Path(args.data) / "instances_val_all.json"), "--out_dir", str(run), "--max_steps", str(args.steps),
-               "--warmup_steps", "30", "--box_batch_size_per_image", str(kw["box_batch_size_per_image"]),
-               "--roi_sampling_ratio", str(kw["sampling_ratio"]), "--rpn_post_nms_top_n_train",
-               str(kw["rpn_post_nms_top_n_train"]), "--rpn_pre_nms_top_n_train", str(kw["rpn_pre_nms_top_n_train"]),
-               "--overwrite", "true"]
-        print("$", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        else:
+            cmd = [sys.executable, "train_detect.py", "--preset", "toy", "--init", str(init), "--train_json",
+                   str(Path(args.data) / "instances_train_base.json"), "--val_json",
+                   str(Path(args.data) / "instances_val_all.json"), "--out_dir", str(run), "--max_steps",
+                   str(args.steps), "--warmup_steps", "30", "--box_batch_size_per_image",
+                   str(kw["box_batch_size_per_image"]), "--roi_sampling_ratio", str(kw["sampling_ratio"]),
+                   "--rpn_post_nms_top_n_train", str(kw["rpn_post_nms_top_n_train"]), "--rpn_pre_nms_top_n_train",
+                   str(kw["rpn_pre_nms_top_n_train"]), "--overwrite", "true"]
+            print("$", " ".join(cmd[1:]), flush=True)
+            subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         summary = json.loads((run / "run_summary.json").read_text())
         results = json.loads((run / "results.json").read_text())
         out["runs"][name] = {**kw, "run": str(run), "train_seconds": summary["seconds"], "ap50": results["ap50"],

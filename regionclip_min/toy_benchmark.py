@@ -18,7 +18,8 @@ results/toy/logs/<step>.log and its progress bar to the terminal):
 
 Steps run two at a time once stage 0 is done (--jobs, regionclip_min/pipeline.py: two 1-thread processes get more
 out of 2 cores than one 2-thread process). A step whose output exists is not redone (--force redoes them); a step
-whose run folder holds a killed run resumes it. Step counts are the BUDGET below, chosen so that `make toy` fits in 30 minutes on a 2-core CPU; every row of
+whose run folder holds a killed run resumes it. Step counts are the BUDGET below (on a 2-core CPU `make toy` takes
+about 36 minutes, README "Toy benchmark"); every row of
 every table uses the same world, the same budget and the same evaluation.
 """
 from __future__ import annotations
@@ -75,6 +76,11 @@ def _rc_dir(b: Bench, tag: str, seed: int) -> Path:
     return b.runs / f"regionclip-{tag}-s{seed}"
 
 
+def _ckpt(b: Bench, step: str) -> Path:
+    """The checkpoint that pipeline step `step` writes (stage 0 writes runs/clip, the others runs/<step>)."""
+    return b.runs / ("clip" if step == "stage0" else step) / "final.pt"
+
+
 def generate(b: Bench) -> Step:
     return Step("generate", f"generate the toy world ({b.world['num_train']} train / {b.world['num_val']} val images)",
                 b.data / "instances_val_all.json",
@@ -111,7 +117,7 @@ def regionclip(b: Bench, seed: int, tag: str = "full", extra: tuple = ()) -> Ste
 
 def transfer(b: Bench, init_step: str, name: str, seed: int, extra: tuple = ()) -> Step:
     """Detector transfer from the checkpoint that step `init_step` wrote."""
-    init = b.runs / "clip" / "final.pt" if init_step == "stage0" else b.runs / init_step / "final.pt"
+    init = _ckpt(b, init_step)
     out = b.runs / f"det-{name}-s{seed}"
     return Step(f"det-{name}-s{seed}", f"detector transfer from {name}, seed {seed}, {b.budget['detector_steps']} "
                 f"steps", out / "results.json",
@@ -123,7 +129,7 @@ def transfer(b: Bench, init_step: str, name: str, seed: int, extra: tuple = ()) 
 
 def zeroshot(b: Bench, ckpt_step: str, name: str, extra: tuple = ()) -> list[Step]:
     """Zero-shot GT-box and RPN evaluation of the checkpoint that step `ckpt_step` wrote."""
-    ckpt = b.runs / "clip" / "final.pt" if ckpt_step == "stage0" else b.runs / ckpt_step / "final.pt"
+    ckpt = _ckpt(b, ckpt_step)
     return [Step(f"zs-{name}-{boxes}", f"zero-shot {'GT-box recognition' if boxes == 'gt' else 'RPN detection'} of "
                  f"{name}", b.results / "zeroshot" / f"{name}-{boxes}.json",
                  ["eval_zeroshot.py", "--checkpoint", ckpt, "--boxes", boxes, "--rpn_checkpoint",
