@@ -45,6 +45,7 @@ from regionclip_min.detector import load_rpn, propose
 from regionclip_min.losses import concept_distillation, image_text_contrastive, region_text_contrastive
 from regionclip_min.pseudo_labels import pseudo_label
 from regionclip_min.regions import RegionEncoder, grid_boxes, load_proposals_file, random_boxes
+from regionclip_min.runtime import keep_freed_memory, poll_threads
 from regionclip_min.steps import StepSampler, build_optimizer, resolve_amp, step_generator
 
 
@@ -63,6 +64,9 @@ class PretrainConfig:
                                 "(DESIGN §5.1: a 128-px CLIP needs 2-3x; the paper pools from 800-px images)"})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flips"})
     num_workers: int = field(default=1, metadata={"help": "DataLoader worker processes"})
+    cache_images: bool = field(default=False, metadata={"help": "keep decoded images in memory after their first "
+                               "read (3 x image_size^2 bytes each); with num_workers 0, for many epochs over a small "
+                               "set (toy stage 0: 0.42 -> 0.37 s/step)"})
     # ---- model
     model_name: str = field(default="RN-toy", metadata={"help": "open_clip model name (RN-toy, RN50, RN50x4)"})
     pretrained: str | None = field(default=None, metadata={"help": "open_clip tag (openai) or local weights file "
@@ -129,7 +133,8 @@ class PretrainConfig:
 PRESETS = {
     "toy-clip": dict(_doc="stage 0: a tiny CLIP on the toy captions (the teacher / 'CLIP' baseline)",
                      stage="clip", model_name="RN-toy", region_scale=1.0, lr=2e-3, weight_decay=0.1,
-                     warmup_steps=100, max_steps=2500, batch_size=64, ckpt_every=500, out_dir="runs/toy-clip"),
+                     warmup_steps=100, max_steps=2500, batch_size=64, ckpt_every=500, out_dir="runs/toy-clip",
+                     num_workers=0, cache_images=True),
     "toy": dict(_doc="RegionCLIP on the toy world from the toy-clip checkpoint", stage="regionclip",
                 init="runs/toy-clip/final.pt", model_name="RN-toy", region_scale=2.0, lr=1e-4, weight_decay=0.1,
                 warmup_steps=50, max_steps=600, batch_size=16, proposals_per_image=16, out_dir="runs/toy"),
@@ -327,6 +332,7 @@ def resolve_paths(cfg):
 
 def main(argv=None):
     cfg, preset = parse_config(PretrainConfig, argv, PRESETS, description=__doc__.split("\n\n")[0])
+    keep_freed_memory()  # no page faults on every step's large blocks (regionclip_min/runtime.py)
     cfg = resolve_paths(cfg)
     if cfg.stage not in ("clip", "regionclip"):
         raise SystemExit(f"--stage must be 'clip' or 'regionclip', got {cfg.stage!r}")
@@ -380,7 +386,8 @@ def run_training(cfg, preset, rank: int, world: int):
         print(f"resolved config (preset {preset}, {world} process{'es' if world > 1 else ''}):\n{format_config(cfg)}")
         (out / "config.json").write_text(format_config(cfg))
 
-    dataset = ImageCaptionDataset(cfg.captions, cfg.image_root, image_size=cfg.image_size, train=False)
+    dataset = ImageCaptionDataset(cfg.captions, cfg.image_root, image_size=cfg.image_size, train=False,
+                                  cache_images=cfg.cache_images)
     if main_proc:
         print(dataset.summary())
     if not dataset.items[0][0].is_file():  # a wrong image_root would otherwise skip every image, silently
@@ -442,6 +449,7 @@ def run_training(cfg, preset, rank: int, world: int):
     step, t0 = start, time.time()
     skipped_batches = skipped_images = no_region_batches = no_proposal_images = 0  # this session's steps
     for batch in loader:
+        poll_threads()
         g = step_generator(cfg.seed, step, rank)
         if batch is None:  # every image of this batch was unreadable (counted in the dataset summary)
             step += 1

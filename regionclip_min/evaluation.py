@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from regionclip_min.data import CLIP_MEAN, CLIP_STD, DetectionDataset, collate_detection
 from regionclip_min.detector import propose
+from regionclip_min.runtime import poll_threads
 
 
 def _normalise(images: list[torch.Tensor], scale: float) -> torch.Tensor:
@@ -98,6 +99,7 @@ def encode_regions(region_encoder, dataset: DetectionDataset, *, rpn=None, top_k
                disable=not progress)
     for start, (images, targets) in zip(range(0, len(keep), batch_size), loader):
         bar.update(min(batch_size, len(keep) - start))  # bad images (skipped by the collate) count as seen
+        poll_threads()
         if not images:
             continue
         if rpn is None:
@@ -258,6 +260,7 @@ def detect(detector, dataset: DetectionDataset, *, batch_size: int = 8, max_imag
                                          collate_fn=collate_detection)
     results, image_ids = [], []
     for images, targets in tqdm(loader, desc="detect", disable=not progress):
+        poll_threads()
         if not images:
             continue
         outputs = detector([im.to(device) for im in images])

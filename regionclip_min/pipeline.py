@@ -5,7 +5,9 @@ starts steps in list order as soon as what they need has finished, up to `jobs` 
 priority, so put the critical path first. Why lanes: on this 2-core machine one process at 2 threads trains only
 1.3x faster than at 1 thread, while two 1-thread processes run at full speed each (measured in the README), so two
 independent steps side by side finish ~1.5x sooner than one after the other. A step started while another runs or
-waits gets cores // jobs threads; a step that has the machine to itself gets every core.
+waits gets cores // jobs threads; a step that has the machine to itself gets every core. When a lane falls idle
+with nothing left to start, the steps still running are told to take the freed cores (a file each one polls:
+`regionclip_min.runtime.ThreadShare`).
 
 Each step's stdout goes to <results>/logs/<name>.log. With one lane its progress bar (stderr) goes to the terminal;
 with two, stderr joins the log and one bar here counts finished steps, its postfix showing each running step's own
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+from regionclip_min.runtime import THREADS_FILE_ENV, write_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,6 +81,7 @@ class Runner:
             return
         cores = os.cpu_count() or 1
         running: dict[str, tuple[Step, subprocess.Popen, float, Path, int]] = {}
+        threads_now: dict[str, int] = {}  # threads of each running step, raised when a lane falls idle
         bar = tqdm(total=len(todo), desc="pipeline steps", unit="step", dynamic_ncols=True,
                    disable=self.jobs == 1 or None)
         self.memory.start()
@@ -89,8 +94,16 @@ class Runner:
                     share = self.jobs > 1 and bool(running or ready)  # alone: nothing else can start before it ends
                     threads = max(1, cores // self.jobs) if share else cores
                     running[s.name] = (s, *self._launch(s, threads, bar), threads)
+                    threads_now[s.name] = threads
                 if not running:
                     raise RuntimeError(f"steps wait on each other: {[s.name for s in todo]}")  # a cycle
+                if not ready and len(running) < self.jobs:  # a free lane and nothing to start: share its cores
+                    for name in running:
+                        more = max(1, cores // len(running))
+                        if more > threads_now[name]:
+                            write_threads(self._threads_file(name), more)
+                            threads_now[name] = more
+                            bar.write(f"[{name}] nothing left to run beside it: now {more} threads")
                 time.sleep(0.2)
                 for name, (s, proc, t0, log, threads) in list(running.items()):
                     if proc.poll() is None:
@@ -108,10 +121,14 @@ class Runner:
                     self.ran.append(name)
                     self.timings[name] = {"seconds": seconds, "threads": threads,
                                           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+                    later = threads_now.pop(name)
+                    if later != threads:
+                        self.timings[name]["threads_later"] = later  # raised when its neighbour ended
                     self.timings_path.write_text(json.dumps(self.timings, indent=2))
                     bar.update(1)
                     (bar.write if self.jobs > 1 else print)(f"[{name}] done in {seconds} s ({threads} thread"
-                                                            f"{'s' if threads > 1 else ''})")
+                                                            f"{'s' if threads > 1 else ''}"
+                                                            f"{f', then {later}' if later != threads else ''})")
                 if self.jobs > 1:
                     bar.set_postfix_str(", ".join(f"{n} {_progress(r[3])}" for n, r in running.items()), refresh=False)
         finally:
@@ -121,14 +138,19 @@ class Runner:
             bar.close()
             self.memory.stop()
 
+    def _threads_file(self, name: str) -> Path:
+        return self.results / "logs" / f"{name}.threads"  # read by the step (regionclip_min/runtime.py)
+
     def _launch(self, s: Step, threads: int, bar) -> tuple[subprocess.Popen, float, Path]:
         args = self._args(s)
         log = self.results / "logs" / f"{s.name}.log"
         say = bar.write if self.jobs > 1 else print
         say(f"[{s.name}] {s.what} ({threads} thread{'s' if threads > 1 else ''})\n  $ python {' '.join(args)}\n"
             f"  log: {log}")
+        threads_file = self._threads_file(s.name)
+        write_threads(threads_file, threads)
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONPATH": str(ROOT),
-               "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+               "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), THREADS_FILE_ENV: str(threads_file)}
         f = open(log, "w")
         proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=f,
                                 stderr=subprocess.STDOUT if self.jobs > 1 else None)

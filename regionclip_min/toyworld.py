@@ -23,6 +23,7 @@ their boxes stay the full shape's box, as a COCO annotator would draw them), and
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -295,20 +296,33 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _render_split(out: Path, split: str, n: int, seed: int, image_size: int, progress: bool):
+def _render_one(job: tuple) -> tuple:
+    """Renders image `index` and writes its PNG; returns (file name, objects, captions, kind)."""
+    out, split, index, seed, image_size = job
+    img, objects, captions, kind = make_image(seed, split, index, image_size)
+    file_name = f"{split}_{index + 1:06d}.png"
+    img.save(out / "images" / file_name, optimize=False)
+    return file_name, objects, captions, kind
+
+
+def _render_split(out: Path, split: str, n: int, seed: int, image_size: int, progress: bool, workers: int):
     try:
         from tqdm import tqdm
     except ImportError:  # the generator itself needs only numpy and PIL
         tqdm = None
     images, caps, anns = [], [], []
-    it = range(n)
+    jobs = [(out, split, i, seed, image_size) for i in range(n)]
+    pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 and n > 1 else None
+    it = pool.map(_render_one, jobs, chunksize=32) if pool is not None else map(_render_one, jobs)  # in order
     if progress and tqdm is not None:
-        it = tqdm(it, desc=f"toyworld {split}", unit="img")
-    for i in it:
-        img, objects, captions, kind = make_image(seed, split, i, image_size)
+        it = tqdm(it, total=n, desc=f"toyworld {split}", unit="img")
+    try:
+        rendered = list(it)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    for i, (file_name, objects, captions, kind) in enumerate(rendered):
         image_id = i + 1
-        file_name = f"{split}_{image_id:06d}.png"
-        img.save(out / "images" / file_name, optimize=False)
         images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size,
                        "kind": kind})
         for c in captions:
@@ -322,8 +336,9 @@ def _render_split(out: Path, split: str, n: int, seed: int, image_size: int, pro
 
 
 def generate(out_dir, *, seed: int = 0, num_train: int = 2000, num_val: int = 300, image_size: int = 128,
-             progress: bool = False) -> dict:
-    """Writes the toy world under `out_dir` and returns the written paths.
+             progress: bool = False, workers: int = 1) -> dict:
+    """Writes the toy world under `out_dir` and returns the written paths. `workers` processes render the images;
+    every image depends only on (seed, split, index), so the files are the same for any number of workers.
 
     Files: images/{split}_{id:06d}.png, captions_{train,val}.json (COCO captions), instances_train_base.json
     (base categories' boxes only), instances_train_all.json, instances_val_all.json (COCO instances; every
@@ -338,7 +353,7 @@ def generate(out_dir, *, seed: int = 0, num_train: int = 2000, num_val: int = 30
     novel_ids = {c["id"] for c in cats if c["split"] == "novel"}
     paths = {"root": str(out), "images": str(out / "images")}
     for split, n in (("train", num_train), ("val", num_val)):
-        images, caps, anns = _render_split(out, split, n, seed, image_size, progress)
+        images, caps, anns = _render_split(out, split, n, seed, image_size, progress, workers)
         cap_images = [{k: im[k] for k in ("id", "file_name", "width", "height")} for im in images]
         p = out / f"captions_{split}.json"
         _write_json(p, {"info": {"description": f"regionclip-min toy world, seed {seed}"},
@@ -387,10 +402,12 @@ def main(argv=None) -> dict:
     p.add_argument("--num-train", type=int, default=2000, help="training images (default 2000)")
     p.add_argument("--num-val", type=int, default=300, help="validation images (default 300)")
     p.add_argument("--image-size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes rendering images (default: one per core; the files do not depend on it)")
     args = p.parse_args(argv)
     t0 = time.time()
     paths = generate(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
-                     image_size=args.image_size, progress=True)
+                     image_size=args.image_size, progress=True, workers=args.workers)
     print(summarize(paths))
     print(f"generated in {time.time() - t0:.1f} s")
     return paths

@@ -165,6 +165,26 @@ def test_image_caption_coco_json_and_collate(tmp_path):
     assert collate_image_caption([None, item])["images"].shape == (1, 3, 16, 16)
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_image_caption_cache_gives_the_same_items(tmp_path, train):
+    path = make_captions(tmp_path)
+    (tmp_path / "images" / "c.png").write_bytes(b"not a png")  # a bad image is skipped in both modes
+    plain = ImageCaptionDataset(path, tmp_path / "images", image_size=16, train=train)
+    cached = ImageCaptionDataset(path, tmp_path / "images", image_size=16, train=train, cache_images=True)
+    for epoch in range(3):  # the first read fills the cache, later ones read it
+        for i in range(len(plain)):
+            torch.manual_seed(epoch * 10 + i)  # the same flip draw for both
+            a = plain[i]
+            torch.manual_seed(epoch * 10 + i)
+            b = cached[i]
+            if a is None:
+                assert b is None and i == 2
+                continue
+            assert torch.equal(a["image"], b["image"]) and a["orig_size"] == b["orig_size"]
+            assert a["captions"] == b["captions"] and a["image_id"] == b["image_id"]
+    assert sorted(cached.cache) == [0, 1] and cached.cache[0][0].dtype == torch.uint8
+
+
 def test_image_caption_tsv_paths(tmp_path):
     make_instances(tmp_path)
     lines = ["images/a.png\ta circle ", "", f"{tmp_path / 'images' / 'b.png'}\tgray\twith tab", "images/a.png\tmore"]

@@ -40,6 +40,23 @@ def test_two_lanes_run_independent_steps_side_by_side_and_respect_dependencies(t
     assert (tmp_path / "res" / "logs" / "b.log").is_file()
 
 
+def test_a_step_left_alone_is_told_to_take_the_freed_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # the runner's view: 2 threads per lane, 4 when alone
+    out = tmp_path / "long.out"
+    prog = ("import os, time, torch; from regionclip_min.runtime import ThreadShare; share = ThreadShare(every=0.05); "
+            "start = torch.get_num_threads(); t = time.time()\n"
+            "while time.time() - t < 30 and not share.poll(): time.sleep(0.05)\n"
+            f"open({str(out)!r}, 'w').write(f'{{start}} {{torch.get_num_threads()}}')")
+    steps = [Step("long", "polls its thread count", out, ["-c", prog]), _touch_step(tmp_path, "short", sleep=0.5)]
+    t0 = time.time()
+    Runner(tmp_path / "res", jobs=2).run(steps)
+    assert time.time() - t0 < 25  # it saw the change, not the 30-s timeout
+    assert out.read_text().split() == ["2", "4"]
+    timings = json.loads((tmp_path / "res" / "timings.json").read_text())
+    assert timings["long"]["threads"] == 2 and timings["long"]["threads_later"] == 4
+    assert "threads_later" not in timings["short"]
+
+
 def test_one_lane_keeps_list_order_and_skips_finished_steps(tmp_path, capsys):
     steps = [_touch_step(tmp_path, "x"), _touch_step(tmp_path, "y"), _touch_step(tmp_path, "z", ["x"])]
     Runner(tmp_path / "res", jobs=1).run(steps)
