@@ -48,7 +48,6 @@ from regionclip_min.drawing import draw_detections
 from regionclip_min.evaluation import (encode_regions, ovd_ap, region_detections, region_embeddings, top1_accuracy,
                                        vocabulary_index, whole_image_accuracy)
 from regionclip_min.regions import RegionEncoder
-from regionclip_min.runtime import keep_freed_memory
 
 FEATURE_KEYS = ("boxes", "embeddings", "image_ids", "category_ids", "objectness", "box_source", "model", "scale")
 
@@ -225,7 +224,6 @@ def check_config(cfg) -> None:
 
 def main(argv=None) -> dict:
     cfg, _ = parse_config(EvalConfig, argv, description=__doc__.split("\n\n")[0])
-    keep_freed_memory()  # no page faults on every batch's large blocks (regionclip_min/runtime.py)
     check_config(cfg)
     device = torch.device(cfg.device)
     if cfg.image_root is None and (Path(cfg.instances).parent / "images").is_dir():

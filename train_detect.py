@@ -37,7 +37,7 @@ from regionclip_min.detector import (ProposalNetwork, build_detector, load_detec
                                      set_vocabulary)
 from regionclip_min.drawing import draw_detections
 from regionclip_min.evaluation import detect, ovd_ap, proposal_recall
-from regionclip_min.runtime import keep_freed_memory, poll_threads
+from regionclip_min.runtime import poll_threads
 from regionclip_min.steps import StepSampler, build_optimizer, step_generator
 
 # The open-vocabulary COCO split of OVR-CNN (48 base / 17 novel of the 80 COCO classes; the other 15 are unused).
@@ -356,7 +356,6 @@ def eval_only(cfg, out: Path, device) -> Path:
 
 def main(argv=None):
     cfg, preset = parse_config(DetectConfig, argv, PRESETS, description=__doc__.split("\n\n")[0])
-    keep_freed_memory()  # evaluation: no page faults on every batch's large blocks (regionclip_min/runtime.py)
     check_config(cfg)
     device = torch.device(cfg.device)
     if cfg.threads > 0:

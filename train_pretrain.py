@@ -45,7 +45,7 @@ from regionclip_min.detector import load_rpn, propose
 from regionclip_min.losses import concept_distillation, image_text_contrastive, region_text_contrastive
 from regionclip_min.pseudo_labels import pseudo_label
 from regionclip_min.regions import RegionEncoder, grid_boxes, load_proposals_file, random_boxes
-from regionclip_min.runtime import keep_freed_memory, poll_threads
+from regionclip_min.runtime import poll_threads
 from regionclip_min.steps import StepSampler, build_optimizer, resolve_amp, step_generator
 
 
@@ -332,7 +332,6 @@ def resolve_paths(cfg):
 
 def main(argv=None):
     cfg, preset = parse_config(PretrainConfig, argv, PRESETS, description=__doc__.split("\n\n")[0])
-    keep_freed_memory()  # no page faults on every step's large blocks (regionclip_min/runtime.py)
     cfg = resolve_paths(cfg)
     if cfg.stage not in ("clip", "regionclip"):
         raise SystemExit(f"--stage must be 'clip' or 'regionclip', got {cfg.stage!r}")

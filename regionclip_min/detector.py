@@ -44,7 +44,7 @@ from regionclip_min.checkpoint import load_checkpoint
 from regionclip_min.clip_model import load_clip
 from regionclip_min.data import CLIP_MEAN, CLIP_STD
 from regionclip_min.losses import focal_scaled_cross_entropy
-from regionclip_min.regions import STRIDE, attention_pool, check_boxes
+from regionclip_min.regions import STRIDE, attention_pool, check_boxes, in_chunks
 
 
 class _FrozenBatchNorm(nn.Module):
@@ -121,7 +121,7 @@ class CLIPBoxHead(_FrozenBatchNorm):
         self._freeze_bn()
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return attention_pool(self.attnpool, self.layer4(pooled))  # (R, C5, P/2, P/2) -> (R, D)
+        return in_chunks(lambda x: attention_pool(self.attnpool, self.layer4(x)), pooled)  # (R, D), regions.in_chunks
 
 
 class TextEmbeddingPredictor(nn.Module):

@@ -1,12 +1,4 @@
-"""Process-level settings of the scripts: how the C allocator keeps freed memory, and CPU threads that a pipeline
-can raise while a step runs.
-
-`keep_freed_memory`: glibc's malloc serves every block above 32 MB (its largest mmap threshold) with a fresh mmap
-and hands it back to the kernel on free, so each batch of an evaluation page-faults its big activations in again.
-On this project's 2-core CPU that was a third of the wall time of zero-shot and detector evaluation (RPN-box
-evaluation of the toy CLIP: 68 s with 38 s of system time, 37 s with 1 s after this call). Telling malloc to serve
-everything from its heap and not to trim it keeps the pages mapped for the next batch. The cost is that a process
-keeps its peak memory until it exits (measured here: +0.05 to +0.15 GB resident), as CUDA's caching allocator does.
+"""CPU threads that a pipeline can raise while a step runs.
 
 `ThreadShare`: `pipeline.Runner` runs two steps side by side with one thread each on a 2-core machine; when one
 ends and nothing is left to start beside the other, it writes the new thread count to a file named by
@@ -15,30 +7,12 @@ evaluation batch, at most once a second). Without the variable `poll()` does not
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import sys
 import time
 
 import torch
 
 THREADS_FILE_ENV = "REGIONCLIP_THREADS_FILE"
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (glibc malloc.h)
-
-
-def keep_freed_memory() -> bool:
-    """Makes glibc malloc keep freed memory for reuse (no mmap per large block, no trimming). Returns whether the
-    settings were applied: False off Linux/glibc, where nothing changes."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
 class ThreadShare:

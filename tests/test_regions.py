@@ -89,6 +89,22 @@ def test_batched_regions_equal_one_by_one(toy):
     assert _rel_err(batched, single) <= 1e-5
 
 
+def test_inference_runs_the_head_in_chunks_with_the_same_outputs(toy, monkeypatch):
+    enc = RegionEncoder(toy.visual)
+    pooled = torch.randn(600, 256, enc.pooler_size, enc.pooler_size, generator=torch.Generator().manual_seed(4))
+    sizes = []
+    layer4 = toy.visual.layer4.forward
+    monkeypatch.setattr(toy.visual.layer4, "forward", lambda x: sizes.append(len(x)) or layer4(x))
+    with torch.no_grad():
+        chunked = enc.head(pooled)  # (600, D)
+        whole = attention_pool(toy.visual.attnpool, layer4(pooled))  # (600, D), one call
+    assert sizes == [256, 256, 88]
+    assert _rel_err(chunked, whole) <= 1e-5
+    sizes.clear()
+    enc.head(pooled[:300].requires_grad_())  # training: one call, the graph intact
+    assert sizes == [300]
+
+
 def test_box_list_count_checked_before_roi_align(toy, monkeypatch):
     enc = RegionEncoder(toy.visual)
     called = []
