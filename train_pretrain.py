@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from regionclip_min import checkpoint as ckpt
 from regionclip_min.cli import config_to_dict, format_config, parse_config
-from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, load_clip
+from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, CachedTokenizer, load_clip
 from regionclip_min.concepts import backend as concept_backend
 from regionclip_min.concepts import build_concept_pool, concept_embeddings, read_names
 from regionclip_min.data import ImageCaptionDataset, boxes_to_transformed, collate_image_caption
@@ -392,6 +392,7 @@ def run_training(cfg, preset, rank: int, world: int):
     if not dataset.items[0][0].is_file():  # a wrong image_root would otherwise skip every image, silently
         raise SystemExit(f"{cfg.captions}: first image {dataset.items[0][0]} not found; is --image_root right?")
     student, teacher, tokenizer = build_models(cfg, device)
+    captions_tokenizer = CachedTokenizer(tokenizer)  # the steps' captions: each tokenized once
     concepts, concept_emb, teacher_enc, proposals_table, rpn, tau = [], None, None, {}, None, cfg.tau
     image_tau = None  # the image-text loss's temperature: tau unless --image_tau_from_teacher
     if cfg.stage == "regionclip":
@@ -461,9 +462,9 @@ def run_training(cfg, preset, rank: int, world: int):
             flip = torch.rand(len(batch["images"]), generator=g) < 0.5  # (B,)
             batch["images"][flip] = batch["images"][flip].flip(-1)
         if cfg.stage == "clip":
-            losses, info = clip_step(cfg, model, tokenizer, batch, g, device)
+            losses, info = clip_step(cfg, model, captions_tokenizer, batch, g, device)
         else:
-            losses, info = regionclip_step(cfg, model, teacher_enc, teacher, tokenizer, concept_emb, batch,
+            losses, info = regionclip_step(cfg, model, teacher_enc, teacher, captions_tokenizer, concept_emb, batch,
                                            proposals_table, rpn, g, device, tau, image_tau=image_tau)
             no_region_batches += info["kept"] == 0  # no region passed the pseudo-label threshold: only L_image
             no_proposal_images += info.pop("no_proposal_images")

@@ -226,6 +226,21 @@ def encode_texts(model: nn.Module, tokenizer, names: list[str], templates: list[
     return F.normalize(emb, dim=-1)  # (N, D)
 
 
+class CachedTokenizer:
+    """A tokenizer that tokenizes each distinct text once and reuses its row: the same (N, L) tensor as
+    `tokenizer(texts)`. The training loops draw from a fixed set of captions; open_clip's BPE costs ~0.13 ms a
+    caption here, 9 ms of every 0.31-s stage-0 step of the toy world."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.rows = tokenizer, {}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        new = [t for t in dict.fromkeys(texts) if t not in self.rows]
+        if new:
+            self.rows.update(zip(new, self.tokenizer(new)))  # (L,) int64 each
+        return torch.stack([self.rows[t] for t in texts])  # (N, L)
+
+
 def logit_scale(model: nn.Module) -> float:
     """The model's learned contrastive scale exp(logit_scale) = 1/tau (OpenAI CLIP: 100, i.e. tau = 0.01)."""
     return float(model.logit_scale.detach().exp())

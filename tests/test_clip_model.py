@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, encode_texts, load_clip, logit_scale
+from regionclip_min.clip_model import (SINGLE_TEMPLATE, TEMPLATES, CachedTokenizer, encode_texts, load_clip,
+                                      logit_scale)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,17 @@ def test_templates():
     assert 75 <= len(TEMPLATES) <= 90 and len(set(TEMPLATES)) == len(TEMPLATES)
     assert "{}." in TEMPLATES and all(t.count("{}") == 1 for t in TEMPLATES)
     assert SINGLE_TEMPLATE == ["a photo of a {}."]
+
+
+def test_cached_tokenizer_gives_the_tokenizers_rows():
+    import open_clip
+    tok = open_clip.get_tokenizer("RN-toy")
+    cached = CachedTokenizer(tok)
+    texts = ["a red circle", "two blue stars and a ring", "a red circle"]
+    assert torch.equal(cached(texts), tok(texts))
+    assert len(cached.rows) == 2  # the repeated caption was tokenized once
+    more = ["a ring", "two blue stars and a ring"]
+    assert torch.equal(cached(more), tok(more)) and len(cached.rows) == 3
 
 
 def test_encode_texts_is_normalised_mean_of_unnormalised(toy):
