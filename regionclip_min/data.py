@@ -258,20 +258,18 @@ class ImageCaptionDataset(_CheckedDataset):
 
     def __getitem__(self, index: int) -> dict | None:
         path, captions, image_id, where = self.items[index]
-        if self.cache is None or index not in self.cache:
+        if self.cache is not None and index in self.cache:
+            pixels, orig_size = self.cache[index]  # (3, S, S) uint8; (width, height) before the resize and crop
+            tensor = _uint8_to_input(self._flip(pixels) if self._flip is not None else pixels)
+        else:
             image = self._open_rgb(index, path, where)
             if image is None:
                 return None
-            if self.cache is None:
-                return {"image": self.transform(image), "captions": list(captions), "image_id": image_id,
-                        "orig_size": image.size}  # (3, S, S); (width, height) before the resize and crop
-            pixels = torch.from_numpy(np.array(self._geometry(image))).permute(2, 0, 1).contiguous()  # (3, S, S)
-            self.cache[index] = (pixels, image.size)
-        pixels, orig_size = self.cache[index]
-        if self._flip is not None:
-            pixels = self._flip(pixels)
-        return {"image": _uint8_to_input(pixels), "captions": list(captions), "image_id": image_id,
-                "orig_size": orig_size}
+            tensor, orig_size = self.transform(image), image.size
+            if self.cache is not None:  # this first read goes through the PIL pipeline; later reads use the cache
+                self.cache[index] = (torch.from_numpy(np.array(self._geometry(image))).permute(2, 0, 1).contiguous(),
+                                     image.size)
+        return {"image": tensor, "captions": list(captions), "image_id": image_id, "orig_size": orig_size}
 
     def _kept(self) -> str:
         return f"{len(self.items)} images, {sum(len(c) for _, c, _, _ in self.items)} captions"
