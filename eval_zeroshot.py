@@ -47,7 +47,7 @@ from regionclip_min.detector import load_rpn, propose, visual_state_from_detecto
 from regionclip_min.drawing import draw_detections
 from regionclip_min.evaluation import (encode_regions, ovd_ap, region_detections, region_embeddings, top1_accuracy,
                                        vocabulary_index, whole_image_accuracy)
-from regionclip_min.regions import RegionEncoder
+from regionclip_min.regions import CropEncoder, RegionEncoder
 
 FEATURE_KEYS = ("boxes", "embeddings", "image_ids", "category_ids", "objectness", "box_source", "model", "scale")
 
@@ -73,6 +73,11 @@ class EvalConfig:
     top_k: int = field(default=100, metadata={"help": "RPN proposals per image, highest objectness first"})
     scale: float = field(default=2.0, metadata={"help": "enlarge images by this before pooling regions "
                          "(DESIGN §5.1: 2 for the 128-px toy CLIP; 1 for real detection images)"})
+    region_encoder: str = field(default="pooled", metadata={"help": "'pooled' (the paper: RoIAlign on res4, res5, "
+                                "attention pool) or 'crop' (ViLD-style: each box cut out and encoded as a whole "
+                                "image; regions.CropEncoder)"})
+    crop_context: float = field(default=1.25, metadata={"help": "--region_encoder crop: side of the square crop "
+                                "over the box's longer side"})
     kinds: str = field(default="auto", metadata={"help": "images whose 'kind' is in this comma list; 'all' = every "
                        "image; 'auto' = scenes for --boxes gt, all images for --boxes rpn"})
     max_images: int | None = field(default=None, metadata={"help": "only the first this many images"})
@@ -175,7 +180,7 @@ def run_demo(cfg, model, class_emb, names, desc, device) -> dict:
         raise SystemExit(f"--image {path}: {tuple(image.shape[-2:])} pixels is too small (at least 16 x 16)")
     rpn = load_rpn(cfg.rpn_checkpoint, device=device)
     props = propose(rpn, [image.to(device)], cfg.top_k, with_scores=True)[0].cpu()  # (R, 5)
-    emb = region_embeddings(RegionEncoder(model.visual).eval(), [image], [props[:, :4]], scale=cfg.scale,
+    emb = region_embeddings(region_encoder(cfg, model.visual).eval(), [image], [props[:, :4]], scale=cfg.scale,
                             device=device)[0].cpu()  # (R, D)
     record = {"image_id": 0, "boxes": props[:, :4], "embeddings": emb,
               "labels": torch.full((len(props),), -1, dtype=torch.int64), "objectness": props[:, 4]}
@@ -205,10 +210,18 @@ def run_demo(cfg, model, class_emb, names, desc, device) -> dict:
             "png": str(out_png)}
 
 
+def region_encoder(cfg, visual):
+    """The --region_encoder for an open_clip image tower."""
+    return RegionEncoder(visual) if cfg.region_encoder == "pooled" else CropEncoder(visual, context=cfg.crop_context)
+
+
 def check_config(cfg) -> None:
     problems = []
     if cfg.boxes not in ("gt", "rpn"):
         problems.append(f"--boxes must be gt or rpn, got {cfg.boxes!r}")
+    if cfg.region_encoder not in ("pooled", "crop") or cfg.crop_context <= 0:
+        problems.append(f"--region_encoder must be pooled or crop and --crop_context positive, got "
+                        f"{cfg.region_encoder!r} and {cfg.crop_context}")
     if cfg.templates not in ("ensemble", "single"):
         problems.append(f"--templates must be ensemble or single, got {cfg.templates!r}")
     if cfg.scale <= 0 or cfg.tau <= 0 or min(cfg.top_k, cfg.batch_size, cfg.max_boxes, cfg.draw_scale) < 1:
@@ -250,7 +263,7 @@ def main(argv=None) -> dict:
     kinds = {"auto": "scene" if cfg.boxes == "gt" else "all"}.get(cfg.kinds, cfg.kinds)
     kinds_t = None if kinds == "all" else tuple(k.strip() for k in kinds.split(","))
     rpn = load_rpn(cfg.rpn_checkpoint, device=device) if cfg.boxes == "rpn" else None
-    records = encode_regions(RegionEncoder(model.visual), dataset, rpn=rpn, top_k=cfg.top_k, scale=cfg.scale,
+    records = encode_regions(region_encoder(cfg, model.visual), dataset, rpn=rpn, top_k=cfg.top_k, scale=cfg.scale,
                              batch_size=cfg.batch_size, kinds=kinds_t, max_images=cfg.max_images, progress=True,
                              device=device)
     if not records:
@@ -259,6 +272,8 @@ def main(argv=None) -> dict:
     novel = [c for c, s in zip(dataset.category_ids, dataset.category_splits) if s == "novel"]
     base = [c for c in dataset.category_ids if c not in set(novel)]
     results = {"model": desc, "instances": cfg.instances, "boxes": cfg.boxes, "kinds": kinds, "scale": cfg.scale,
+               "region_encoder": cfg.region_encoder + (f" (context {cfg.crop_context})" if cfg.region_encoder == "crop"
+                                                       else ""),
                "vocabulary": names if vocab else "dataset categories", "templates": cfg.templates, "tau": cfg.tau,
                "n_images": len(records)}
     if cfg.boxes == "gt":

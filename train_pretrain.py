@@ -44,7 +44,7 @@ from regionclip_min.data import ImageCaptionDataset, boxes_to_transformed, colla
 from regionclip_min.detector import load_rpn, propose
 from regionclip_min.losses import concept_distillation, image_text_contrastive, region_text_contrastive
 from regionclip_min.pseudo_labels import pseudo_label
-from regionclip_min.regions import RegionEncoder, grid_boxes, load_proposals_file, random_boxes
+from regionclip_min.regions import CropEncoder, RegionEncoder, grid_boxes, load_proposals_file, random_boxes
 from regionclip_min.runtime import poll_threads
 from regionclip_min.steps import StepSampler, build_optimizer, resolve_amp, step_generator
 
@@ -95,6 +95,11 @@ class PretrainConfig:
     image_tau_from_teacher: bool = field(default=False, metadata={"help": "image-text loss at the teacher's own "
                                          "1/logit_scale, region losses at tau (not the paper's: an experiment, "
                                          "README 'Toy benchmark')"})
+    teacher: str = field(default="pooled", metadata={"help": "how the frozen teacher embeds a proposal: 'pooled' "
+                         "(the paper: RoIAlign on its res4 map, res5, attention pool) or 'crop' (not the paper's: "
+                         "ViLD-style, the box cut out and encoded as a whole image; regions.CropEncoder)"})
+    crop_context: float = field(default=1.25, metadata={"help": "--teacher crop: side of the square crop over the "
+                                "box's longer side"})
     pseudo_threshold: float = field(default=0.1, metadata={"help": "keep region iff max concept prob > this"})
     negatives: str = field(default="batch", metadata={"help": "region-text negatives: 'batch' or 'pool'"})
     # ---- loss weights (the total is their weighted sum; paper: all 1)
@@ -337,6 +342,8 @@ def main(argv=None):
         raise SystemExit(f"--stage must be 'clip' or 'regionclip', got {cfg.stage!r}")
     if cfg.proposals not in ("random", "grid", "file", "rpn"):
         raise SystemExit(f"--proposals must be random, grid, file or rpn, got {cfg.proposals!r}")
+    if cfg.teacher not in ("pooled", "crop"):
+        raise SystemExit(f"--teacher must be pooled or crop, got {cfg.teacher!r}")
     if cfg.amp not in ("none", "bf16", "auto"):
         raise SystemExit(f"--amp must be none, bf16 or auto, got {cfg.amp!r}")
     if cfg.proposals == "rpn" and not cfg.rpn_checkpoint:
@@ -397,7 +404,8 @@ def run_training(cfg, preset, rank: int, world: int):
     image_tau = None  # the image-text loss's temperature: tau unless --image_tau_from_teacher
     if cfg.stage == "regionclip":
         concepts, concept_emb = build_concepts(cfg, dataset, teacher, tokenizer, device)
-        teacher_enc = RegionEncoder(teacher.visual).eval()
+        teacher_enc = (RegionEncoder(teacher.visual) if cfg.teacher == "pooled" else
+                       CropEncoder(teacher.visual, context=cfg.crop_context)).eval()
         if cfg.tau_from_teacher:
             tau = 1.0 / teacher.logit_scale.exp().item()
         if cfg.image_tau_from_teacher:

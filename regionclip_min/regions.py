@@ -136,6 +136,44 @@ class RegionEncoder(nn.Module):
         return self.head(self.pool(self.feature_map(images), boxes_list))  # (R, D)
 
 
+class CropEncoder(nn.Module):
+    """ViLD-style region embeddings, NOT the paper's: each box is cut out of the image and encoded as a whole image.
+
+    An extra teacher for the toy benchmark (train_pretrain.py --teacher crop; eval_zeroshot.py --region_encoder
+    crop), to test whether RegionCLIP is held back by its teacher's pooled-region labels. Each box becomes a square
+    around its centre, `context` times its longer side (some background, as the object-centric images CLIP learned
+    from have), resampled to the tower's input size by RoIAlign (bilinear, one sample per output pixel), and goes
+    through `visual` whole: stem to attention pool. It costs one full image-tower pass per box.
+
+    Args:
+        visual: an open_clip image tower whose `image_size` is its input side.
+        context: side of the square crop over the box's longer side (1.25 was the best of 1.0-1.5 for the toy
+            stage-0 CLIP on GT boxes of 400 training scenes).
+    Call: (images (B, 3, H, W) CLIP-normalised, boxes_list B x (R_i, 4) xyxy pixels) -> (R, D), not normalised.
+    """
+
+    def __init__(self, visual: nn.Module, *, context: float = 1.25):
+        super().__init__()
+        if context <= 0:
+            raise ValueError(f"context must be > 0, got {context}")
+        self.visual, self.context = visual, context
+        size = visual.image_size
+        self.size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+
+    def crop_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(R, 4) xyxy -> (R, 4) squares of side context * longer side, same centres."""
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # (R, 2)
+        half = (boxes[:, 2:] - boxes[:, :2]).amax(-1, keepdim=True) * (self.context / 2)  # (R, 1)
+        return torch.cat([centre - half, centre + half], dim=-1)
+
+    def forward(self, images: torch.Tensor, boxes_list: list[torch.Tensor]) -> torch.Tensor:
+        check_boxes(boxes_list, images.shape[0])
+        squares = [self.crop_boxes(b.to(images.dtype)) for b in boxes_list]
+        crops = roi_align(images, squares, output_size=self.size, spatial_scale=1.0, sampling_ratio=0,
+                          aligned=True)  # (R, 3, S, S)
+        return in_chunks(self.visual, crops)  # (R, D)
+
+
 INFERENCE_CHUNK = 256  # regions per layer4 + attention-pool call when no gradient is recorded
 
 

@@ -189,3 +189,18 @@ def test_demo_and_config_errors_are_clear(toy_world, stage0_run, rpn_ckpt, tmp_p
         eval_zeroshot.main(["--boxes", "crops", "--instances", toy_world["instances_val_all"]])
     with pytest.raises(SystemExit, match="proposal network"):
         eval_zeroshot.main(["--checkpoint", str(rpn_ckpt), "--instances", toy_world["instances_val_all"]])
+    with pytest.raises(SystemExit, match="--region_encoder must be pooled or crop"):
+        eval_zeroshot.main(["--region_encoder", "vild", "--instances", toy_world["instances_val_all"]])
+
+
+def test_crop_region_encoder_differs_from_pooling_and_is_recorded(toy_world, stage0_run, tmp_path):
+    common = ["--checkpoint", str(stage0_run / "final.pt"), "--instances", toy_world["instances_val_all"],
+              "--templates", "single", "--max_images", "6"]
+    pooled = eval_zeroshot.main(common + ["--out", str(tmp_path / "pooled.json"), "--save-region-features",
+                                          str(tmp_path / "pooled.pt")])
+    crop = eval_zeroshot.main(common + ["--out", str(tmp_path / "crop.json"), "--region_encoder", "crop",
+                                        "--save-region-features", str(tmp_path / "crop.pt")])
+    assert pooled["region_encoder"] == "pooled" and crop["region_encoder"] == "crop (context 1.25)"
+    assert crop["gt_box_top1"]["n_boxes"] == pooled["gt_box_top1"]["n_boxes"] > 0
+    a, b = (torch.load(tmp_path / f"{k}.pt", weights_only=True)["embeddings"] for k in ("pooled", "crop"))
+    assert a.shape == b.shape and not torch.allclose(a, b, atol=1e-3)  # the same boxes, embedded another way

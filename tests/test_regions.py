@@ -7,8 +7,8 @@ import torch
 
 from regionclip_min import regions
 from regionclip_min.clip_model import load_clip
-from regionclip_min.regions import (RegionEncoder, attention_pool, grid_boxes, load_proposals_file, random_boxes,
-                                    whole_image_boxes)
+from regionclip_min.regions import (CropEncoder, RegionEncoder, attention_pool, grid_boxes, load_proposals_file,
+                                    random_boxes, whole_image_boxes)
 
 
 def _randomize_batchnorm(model, seed=0):
@@ -234,3 +234,24 @@ def test_first_token_attention_pool_equals_open_clips(name, request):
     assert {n for n, _ in pool.named_parameters()} == {"positional_embedding", "q_proj.weight", "q_proj.bias",
                                                         "k_proj.weight", "k_proj.bias", "v_proj.weight",
                                                         "v_proj.bias", "c_proj.weight", "c_proj.bias"}
+
+
+def test_crop_encoder_whole_box_is_encode_image_and_crops_are_squares_with_context(toy):
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole = CropEncoder(toy.visual, context=1.0)(x, whole_image_boxes(x))  # (2, D)
+        assert _rel_err(whole, toy.encode_image(x)) <= 1e-5  # one sample at each pixel centre: the image itself
+        enc = CropEncoder(toy.visual)  # context 1.25
+        assert torch.allclose(enc.crop_boxes(torch.tensor([[10.0, 20.0, 30.0, 60.0]])),
+                              torch.tensor([[-5.0, 15.0, 45.0, 65.0]]))  # centre (20, 40), side 1.25 x 40
+        # a box is encoded from its own pixels: the same object pasted elsewhere gives the same embedding
+        obj = torch.randn(3, 40, 40, generator=torch.Generator().manual_seed(4))
+        a, b = torch.zeros(1, 3, 256, 256), torch.zeros(1, 3, 256, 256)
+        a[..., 20:60, 30:70], b[..., 150:190, 100:140] = obj, obj
+        va = enc(a, [torch.tensor([[30.0, 20.0, 70.0, 60.0]])])
+        vb = enc(b, [torch.tensor([[100.0, 150.0, 140.0, 190.0]])])
+        assert va.shape == (1, 64) and _rel_err(va, vb) <= 1e-5
+        with pytest.raises(ValueError, match="2 box"):
+            enc(a, [torch.zeros(0, 4), torch.zeros(0, 4)])
+    with pytest.raises(ValueError, match="context"):
+        CropEncoder(toy.visual, context=0.0)

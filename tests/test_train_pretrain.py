@@ -224,3 +224,20 @@ def test_image_tau_from_teacher_sets_only_the_image_loss_temperature(toy_world, 
     printed = capsys.readouterr().out
     teacher_tau = 1.0 / load_checkpoint(stage0_run / "final.pt")["model"]["logit_scale"].exp().item()
     assert "tau 0.0100, image-text tau " + f"{teacher_tau:.4f}" in printed
+
+
+def test_crop_teacher_labels_regions_from_crops(toy_world, stage0_run, tmp_path, capsys, monkeypatch):
+    calls = []
+    real = train_pretrain.CropEncoder.forward
+
+    def spy(self, images, boxes_list):
+        calls.append(sum(len(b) for b in boxes_list))
+        return real(self, images, boxes_list)
+
+    monkeypatch.setattr(train_pretrain.CropEncoder, "forward", spy)
+    out = tmp_path / "crop"
+    train_pretrain.main(_rc_args(toy_world, stage0_run, out, "--max_steps", "2", "--teacher", "crop"))
+    assert len(calls) == 2 and all(n > 0 for n in calls)  # one teacher call per step, over that step's proposals
+    assert json.loads((out / "config.json").read_text())["teacher"] == "crop"
+    with pytest.raises(SystemExit, match="--teacher"):
+        train_pretrain.main(_rc_args(toy_world, stage0_run, tmp_path / "bad", "--teacher", "cropped"))
