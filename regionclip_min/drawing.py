@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import to_pil_image
-from torchvision.utils import draw_bounding_boxes
+from torchvision.utils import draw_bounding_boxes, make_grid, save_image
+
+from regionclip_min.clip_model import TEMPLATES, encode_texts, load_clip
+from regionclip_min.data import DetectionDataset
+from regionclip_min.detector import load_detector
+from regionclip_min.evaluation import region_embeddings
+from regionclip_min.regions import RegionEncoder
 
 
 def render_boxes(image: torch.Tensor, boxes_xyxy: torch.Tensor, labels: list[str], colors: list[str], *,
@@ -43,3 +49,54 @@ def draw_detections(image: torch.Tensor, boxes_xyxy: torch.Tensor, names: list[s
     if path is not None:
         to_pil_image(drawn).save(path)
     return drawn
+
+
+def _val_scenes(instances, image_root, n_images: int):
+    """The detection dataset and the indices of its first `n_images` multi-object scenes."""
+    ds = DetectionDataset(instances, image_root)
+    return ds, [i for i in range(len(ds)) if ds.kinds[i] == "scene"][:n_images]
+
+
+def _save_grid(panels: list[torch.Tensor], ncol: int, path) -> None:
+    save_image(make_grid([p.float() / 255 for p in panels], nrow=ncol, padding=6, pad_value=1.0), path)
+
+
+def region_grid(instances, image_root, clip_checkpoints: list, path, *, n_images: int = 6, scale: float = 2.0) -> None:
+    """One row per CLIP checkpoint: the GT boxes of the first `n_images` scenes, each named by zero-shot region
+    recognition over the dataset's class names (green right, red wrong, * novel). Regions are pooled from images
+    enlarged `scale` times, as in evaluation.py."""
+    ds, picks = _val_scenes(instances, image_root, n_images)
+    novel = [s == "novel" for s in ds.category_splits]
+    panels = []
+    for ckpt in clip_checkpoints:
+        model, tok = load_clip("RN-toy", str(ckpt))
+        emb = encode_texts(model, tok, ds.category_names, TEMPLATES)  # (K, D)
+        enc = RegionEncoder(model.visual).eval()
+        for i in picks:
+            image, target = ds[i]
+            v = region_embeddings(enc, [image], [target["boxes"]], scale=scale)[0]  # (N, D)
+            pred = (v @ emb.t()).argmax(-1).tolist()
+            truth = (target["labels"] - 1).tolist()
+            labels = [f"{ds.category_names[p]}{'*' if novel[p] else ''}" for p in pred]
+            colors = ["lime" if p == t else "red" for p, t in zip(pred, truth)]
+            panels.append(render_boxes(image, target["boxes"], labels, colors, scale=3))
+    _save_grid(panels, len(picks), path)
+
+
+def detection_grid(instances, image_root, detector_checkpoints: list, path, *, n_images: int = 6) -> None:
+    """One row per detector checkpoint: its top 5 detections (score >= 0.3) on the first `n_images` scenes, novel
+    classes red and *."""
+    ds, picks = _val_scenes(instances, image_root, n_images)
+    novel = [s == "novel" for s in ds.category_splits]
+    panels = []
+    for ckpt in detector_checkpoints:
+        det = load_detector(ckpt)
+        for i in picks:
+            image, _ = ds[i]
+            with torch.no_grad():
+                out = det([image])[0]
+            labels = (out["labels"] - 1).tolist()
+            panels.append(draw_detections(image, out["boxes"], [ds.category_names[k] for k in labels],
+                                          out["scores"], None, is_novel=[novel[k] for k in labels], score_thresh=0.3,
+                                          max_boxes=5, scale=3))
+    _save_grid(panels, len(picks), path)
