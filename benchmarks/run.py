@@ -291,6 +291,7 @@ def bench_text(device, quick: bool) -> dict:
 
 
 # ---- 5. detector step -------------------------------------------------------------------------------------------
+DETECTOR_AP_CKPT_EVERY = 25  # detector-ap checkpoints often: a torchvision-defaults run is ~1 h on 2 cores
 DETECTOR_SAMPLING = {  # RoIs sampled per image, RoIAlign sampling_ratio, proposals kept per image in training
     "ours": dict(box_batch_size_per_image=32, sampling_ratio=0, rpn_post_nms_top_n_train=200,
                  rpn_pre_nms_top_n_train=1000),
@@ -364,7 +365,10 @@ def detector_ap(args) -> None:
                    str(args.steps), "--warmup_steps", "30", "--box_batch_size_per_image",
                    str(kw["box_batch_size_per_image"]), "--roi_sampling_ratio", str(kw["sampling_ratio"]),
                    "--rpn_post_nms_top_n_train", str(kw["rpn_post_nms_top_n_train"]), "--rpn_pre_nms_top_n_train",
-                   str(kw["rpn_pre_nms_top_n_train"]), "--overwrite", "true"]
+                   str(kw["rpn_pre_nms_top_n_train"]), "--ckpt_every", str(DETECTOR_AP_CKPT_EVERY),
+                   # a killed run of the same settings goes on from its last checkpoint; other settings start again
+                   *(["--resume", "true"] if _same_run(run, init, args.steps, kw, finished=False)
+                     else ["--overwrite", "true"])]
             print("$", " ".join(cmd[1:]), flush=True)
             subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         summary = json.loads((run / "run_summary.json").read_text())
@@ -376,8 +380,9 @@ def detector_ap(args) -> None:
     print(json.dumps(out, indent=2))
 
 
-def _same_run(run: Path, init: Path, steps: int, kw: dict) -> bool:
-    """Whether `run` (a finished train_detect.py run) is the toy transfer from `init` with these sampling settings."""
+def _same_run(run: Path, init: Path, steps: int, kw: dict, finished: bool = True) -> bool:
+    """Whether `run` (a train_detect.py run, finished unless `finished` is False) is the toy transfer from `init`
+    with these sampling settings."""
     try:
         cfg = json.loads((run / "config.json").read_text())
     except (OSError, ValueError):
@@ -387,7 +392,7 @@ def _same_run(run: Path, init: Path, steps: int, kw: dict) -> bool:
             and cfg.get("roi_sampling_ratio", 0) == kw["sampling_ratio"]
             and cfg.get("rpn_post_nms_top_n_train") == kw["rpn_post_nms_top_n_train"]
             and cfg.get("rpn_pre_nms_top_n_train") == kw["rpn_pre_nms_top_n_train"]
-            and (run / "results.json").is_file())
+            and (not finished or (run / "results.json").is_file()))
 
 
 # ---- 6. memory, 7. GPU ------------------------------------------------------------------------------------------

@@ -335,17 +335,19 @@ def machine() -> str:
 
 # ---- pictures -------------------------------------------------------------------------------------------------
 def pictures(b: Bench, clip_ckpt: Path, rc_ckpt: Path, seed: int, n_images: int = 6) -> None:
-    """results/toy/regions.png and detections.png from the first `n_images` val scenes (drawing.py)."""
+    """results/toy/regions.png and detections.png from the first `n_images` val scenes (drawing.py), redrawn when
+    a checkpoint they show is newer than they are (a fresh clone's committed pictures are older than its runs)."""
     from regionclip_min.drawing import detection_grid, region_grid
 
     out_regions, out_dets = b.results / "regions.png", b.results / "detections.png"
-    if out_regions.is_file() and out_dets.is_file() and not b.force:
+    dets = [b.runs / f"det-{name}-s{seed}" / "final.pt" for name in ("clip", "regionclip")]
+    newest = max(p.stat().st_mtime for p in (clip_ckpt, rc_ckpt, *dets))
+    if all(p.is_file() and p.stat().st_mtime >= newest for p in (out_regions, out_dets)) and not b.force:
         return
     val = (b.data / "instances_val_all.json", b.data / "images")
     region_grid(*val, [clip_ckpt, rc_ckpt], out_regions, n_images=n_images)
     print(f"{out_regions}: top row CLIP, bottom row RegionCLIP; green right, red wrong; * novel")
-    detection_grid(*val, [b.runs / f"det-{name}-s{seed}" / "final.pt" for name in ("clip", "regionclip")], out_dets,
-                   n_images=n_images)
+    detection_grid(*val, dets, out_dets, n_images=n_images)
     print(f"{out_dets}: top row transfer from CLIP, bottom row from RegionCLIP; novel classes red and *")
 
 

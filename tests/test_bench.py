@@ -54,3 +54,16 @@ def test_bad_options_are_refused(tmp_path):
         bench.main(["detector-ap", "--settings", "fastest", "--init", __file__, "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="not found"):
         bench.main(["detector-ap", "--init", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
+
+
+def test_detector_ap_resumes_a_killed_run_of_the_same_settings_only(tmp_path):
+    kw = bench.DETECTOR_SAMPLING["torchvision defaults"]
+    init = tmp_path / "clip.pt"
+    cfg = {"init": str(init), "max_steps": 300, "seed": 0, "box_batch_size_per_image": 512, "roi_sampling_ratio": 2,
+           "rpn_post_nms_top_n_train": 2000, "rpn_pre_nms_top_n_train": 2000}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert bench._same_run(tmp_path, init, 300, kw, finished=False)  # killed before results.json: resume it
+    assert not bench._same_run(tmp_path, init, 300, kw)  # not finished: not read as a result
+    assert not bench._same_run(tmp_path, init, 300, bench.DETECTOR_SAMPLING["ours"], finished=False)
+    (tmp_path / "results.json").write_text("{}")
+    assert bench._same_run(tmp_path, init, 300, kw)

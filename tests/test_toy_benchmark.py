@@ -1,6 +1,8 @@
 """The toy benchmark orchestrator (make toy) end to end on a tiny world and budget: every step runs once, the
-summary and pictures are written, and a second call redoes nothing."""
+summary and pictures are written, a second call redoes nothing, and pictures older than their checkpoints are
+redrawn."""
 import json
+import os
 
 from regionclip_min import toy_benchmark
 
@@ -31,3 +33,8 @@ def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path,
     printed = capsys.readouterr().out
     assert printed.count("skipped") == len(timings)
     assert json.loads((res / "timings.json").read_text()) == {**timings, "_calls": calls}  # nothing ran, nothing added
+    drawn = (res / "regions.png").stat().st_mtime
+    ckpt = tmp_path / "runs" / "det-regionclip-s0" / "final.pt"
+    os.utime(ckpt, (drawn + 10, drawn + 10))  # as after a fresh clone: runs newer than the committed pictures
+    toy_benchmark.main(["run", *args])
+    assert (res / "regions.png").stat().st_mtime > drawn and (res / "detections.png").stat().st_mtime > drawn
