@@ -19,8 +19,8 @@ results/toy/logs/<step>.log and its progress bar to the terminal):
 Steps run two at a time once stage 0 is done (--jobs, regionclip_min/pipeline.py: two 1-thread processes get more
 out of 2 cores than one 2-thread process). A step whose output exists is not redone (--force redoes them); a step
 whose run folder holds a killed run resumes it. Step counts are the BUDGET below (on a 2-core CPU `make toy` takes
-about 36 minutes, README "Toy benchmark"); every row of
-every table uses the same world, the same budget and the same evaluation.
+29-32 minutes, README "Toy benchmark"); every row of every table uses the same world, the same budget and the same
+evaluation.
 """
 from __future__ import annotations
 
