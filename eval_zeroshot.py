@@ -47,7 +47,7 @@ from regionclip_min.detector import load_rpn, propose, visual_state_from_detecto
 from regionclip_min.drawing import draw_detections
 from regionclip_min.evaluation import (encode_regions, ovd_ap, region_detections, region_embeddings, top1_accuracy,
                                        vocabulary_index, whole_image_accuracy)
-from regionclip_min.regions import CropEncoder, RegionEncoder
+from regionclip_min.regions import region_encoder
 
 FEATURE_KEYS = ("boxes", "embeddings", "image_ids", "category_ids", "objectness", "box_source", "model", "scale")
 
@@ -180,7 +180,8 @@ def run_demo(cfg, model, class_emb, names, desc, device) -> dict:
         raise SystemExit(f"--image {path}: {tuple(image.shape[-2:])} pixels is too small (at least 16 x 16)")
     rpn = load_rpn(cfg.rpn_checkpoint, device=device)
     props = propose(rpn, [image.to(device)], cfg.top_k, with_scores=True)[0].cpu()  # (R, 5)
-    emb = region_embeddings(region_encoder(cfg, model.visual).eval(), [image], [props[:, :4]], scale=cfg.scale,
+    encoder = region_encoder(cfg.region_encoder, model.visual, crop_context=cfg.crop_context).eval()
+    emb = region_embeddings(encoder, [image], [props[:, :4]], scale=cfg.scale,
                             device=device)[0].cpu()  # (R, D)
     record = {"image_id": 0, "boxes": props[:, :4], "embeddings": emb,
               "labels": torch.full((len(props),), -1, dtype=torch.int64), "objectness": props[:, 4]}
@@ -208,11 +209,6 @@ def run_demo(cfg, model, class_emb, names, desc, device) -> dict:
         save_features(cfg.save_region_features, [record], [], "image", desc, cfg.scale)
     return {"image": str(path), "detections": [{**d, "name": names[d["category_id"]]} for d in shown],
             "png": str(out_png)}
-
-
-def region_encoder(cfg, visual):
-    """The --region_encoder for an open_clip image tower."""
-    return RegionEncoder(visual) if cfg.region_encoder == "pooled" else CropEncoder(visual, context=cfg.crop_context)
 
 
 def check_config(cfg) -> None:
@@ -263,7 +259,8 @@ def main(argv=None) -> dict:
     kinds = {"auto": "scene" if cfg.boxes == "gt" else "all"}.get(cfg.kinds, cfg.kinds)
     kinds_t = None if kinds == "all" else tuple(k.strip() for k in kinds.split(","))
     rpn = load_rpn(cfg.rpn_checkpoint, device=device) if cfg.boxes == "rpn" else None
-    records = encode_regions(region_encoder(cfg, model.visual), dataset, rpn=rpn, top_k=cfg.top_k, scale=cfg.scale,
+    encoder = region_encoder(cfg.region_encoder, model.visual, crop_context=cfg.crop_context)
+    records = encode_regions(encoder, dataset, rpn=rpn, top_k=cfg.top_k, scale=cfg.scale,
                              batch_size=cfg.batch_size, kinds=kinds_t, max_images=cfg.max_images, progress=True,
                              device=device)
     if not records:

@@ -44,7 +44,8 @@ from regionclip_min.data import ImageCaptionDataset, boxes_to_transformed, colla
 from regionclip_min.detector import load_rpn, propose
 from regionclip_min.losses import concept_distillation, image_text_contrastive, region_text_contrastive
 from regionclip_min.pseudo_labels import pseudo_label
-from regionclip_min.regions import CropEncoder, RegionEncoder, grid_boxes, load_proposals_file, random_boxes
+from regionclip_min.regions import (RegionEncoder, grid_boxes, load_proposals_file, random_boxes,
+                                    region_encoder)
 from regionclip_min.runtime import poll_threads
 from regionclip_min.steps import StepSampler, build_optimizer, resolve_amp, step_generator
 
@@ -404,8 +405,7 @@ def run_training(cfg, preset, rank: int, world: int):
     image_tau = None  # the image-text loss's temperature: tau unless --image_tau_from_teacher
     if cfg.stage == "regionclip":
         concepts, concept_emb = build_concepts(cfg, dataset, teacher, tokenizer, device)
-        teacher_enc = (RegionEncoder(teacher.visual) if cfg.teacher == "pooled" else
-                       CropEncoder(teacher.visual, context=cfg.crop_context)).eval()
+        teacher_enc = region_encoder(cfg.teacher, teacher.visual, crop_context=cfg.crop_context).eval()
         if cfg.tau_from_teacher:
             tau = 1.0 / teacher.logit_scale.exp().item()
         if cfg.image_tau_from_teacher:

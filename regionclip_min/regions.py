@@ -142,8 +142,9 @@ class CropEncoder(nn.Module):
     An extra teacher for the toy benchmark (train_pretrain.py --teacher crop; eval_zeroshot.py --region_encoder
     crop), to test whether RegionCLIP is held back by its teacher's pooled-region labels. Each box becomes a square
     around its centre, `context` times its longer side (some background, as the object-centric images CLIP learned
-    from have), resampled to the tower's input size by RoIAlign (bilinear, one sample per output pixel), and goes
-    through `visual` whole: stem to attention pool. It costs one full image-tower pass per box.
+    from have), resampled to the tower's input size by RoIAlign (bilinear; adaptive sampling averages several
+    samples per output pixel when it shrinks a large box), and goes through `visual` whole: stem to attention pool.
+    It costs one full image-tower pass per box.
 
     Args:
         visual: an open_clip image tower whose `image_size` is its input side.
@@ -172,6 +173,15 @@ class CropEncoder(nn.Module):
         crops = roi_align(images, squares, output_size=self.size, spatial_scale=1.0, sampling_ratio=0,
                           aligned=True)  # (R, 3, S, S)
         return in_chunks(self.visual, crops)  # (R, D)
+
+
+def region_encoder(kind: str, visual: nn.Module, *, crop_context: float = 1.25) -> nn.Module:
+    """`kind` "pooled": RegionEncoder (the paper's); "crop": CropEncoder (ViLD-style)."""
+    if kind == "pooled":
+        return RegionEncoder(visual)
+    if kind == "crop":
+        return CropEncoder(visual, context=crop_context)
+    raise ValueError(f"region encoder must be 'pooled' or 'crop', got {kind!r}")
 
 
 INFERENCE_CHUNK = 256  # regions per layer4 + attention-pool call when no gradient is recorded

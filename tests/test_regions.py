@@ -255,3 +255,7 @@ def test_crop_encoder_whole_box_is_encode_image_and_crops_are_squares_with_conte
             enc(a, [torch.zeros(0, 4), torch.zeros(0, 4)])
     with pytest.raises(ValueError, match="context"):
         CropEncoder(toy.visual, context=0.0)
+    assert isinstance(regions.region_encoder("crop", toy.visual, crop_context=1.5), CropEncoder)
+    assert type(regions.region_encoder("pooled", toy.visual)) is RegionEncoder
+    with pytest.raises(ValueError, match="'pooled' or 'crop'"):
+        regions.region_encoder("vild", toy.visual)

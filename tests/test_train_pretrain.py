@@ -10,6 +10,7 @@ import torch
 
 import train_pretrain
 from regionclip_min.checkpoint import load_checkpoint
+from regionclip_min.regions import CropEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -228,13 +229,13 @@ def test_image_tau_from_teacher_sets_only_the_image_loss_temperature(toy_world, 
 
 def test_crop_teacher_labels_regions_from_crops(toy_world, stage0_run, tmp_path, capsys, monkeypatch):
     calls = []
-    real = train_pretrain.CropEncoder.forward
+    real = CropEncoder.forward
 
     def spy(self, images, boxes_list):
         calls.append(sum(len(b) for b in boxes_list))
         return real(self, images, boxes_list)
 
-    monkeypatch.setattr(train_pretrain.CropEncoder, "forward", spy)
+    monkeypatch.setattr(CropEncoder, "forward", spy)
     out = tmp_path / "crop"
     train_pretrain.main(_rc_args(toy_world, stage0_run, out, "--max_steps", "2", "--teacher", "crop"))
     assert len(calls) == 2 and all(n > 0 for n in calls)  # one teacher call per step, over that step's proposals
