@@ -37,7 +37,9 @@ def test_rn50_family_random_init(name, dim, res4):
     assert tokenizer(["x"]).shape == (1, 77)
 
 
-def test_pretrained_tag_offline_fails_fast(tmp_path):
+def test_pretrained_tag_offline_fails_fast(tmp_path, monkeypatch):
+    # offline by the variable and with an empty cache folder: the tag is refused before any download is tried
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match="needs the internet") as info:
         load_clip("RN50", pretrained="openai", cache_dir=str(tmp_path))
