@@ -17,7 +17,8 @@ the checkpoint it was initialised from), or an open_clip model name with a tag o
 --boxes gt: each ground-truth box of the --kinds images is classified: top-1 accuracy over all / base / novel
   categories; and COCO AP50 (novel / base / all) with every GT box reported once per class, scored by the class
   probability softmax(cos / tau). Also whole-image top-1 of the object-centric images (`encode_image`), the
-  image-level side of Fig. 1(b).
+  image-level side of Fig. 1(b), and how each category's boxes were named (the 5 most frequent vocabulary names:
+  a confusion table by rows, `gt_box_named_as` in the json).
 --boxes rpn: zero-shot detection: the --top_k proposals of a class-agnostic RPN (train_detect.py --preset toy-rpn)
   per image, each scored for every class by its probability times the RPN's objectness ** --objectness_power (a
   softmax over the vocabulary has no background, so without objectness a background box scores as high as an
@@ -45,10 +46,11 @@ from regionclip_min.concepts import read_names
 from regionclip_min.data import DetectionDataset
 from regionclip_min.detector import load_rpn, propose, visual_state_from_detector
 from regionclip_min.drawing import draw_detections
-from regionclip_min.evaluation import (encode_regions, ovd_ap, region_detections, region_embeddings, top1_accuracy,
-                                       vocabulary_index, whole_image_accuracy)
+from regionclip_min.evaluation import (encode_regions, named_as, ovd_ap, region_detections, region_embeddings,
+                                       top1_accuracy, vocabulary_index, whole_image_accuracy)
 from regionclip_min.regions import region_encoder
 
+MAX_NAMED_AS_LINES = 20  # categories printed in the GT-box confusion list (LVIS has 1,203)
 FEATURE_KEYS = ("boxes", "embeddings", "image_ids", "category_ids", "objectness", "box_source", "model", "scale")
 
 
@@ -211,6 +213,18 @@ def run_demo(cfg, model, class_emb, names, desc, device) -> dict:
             "png": str(out_png)}
 
 
+def print_named_as(table: dict, dataset: DetectionDataset, most: int = MAX_NAMED_AS_LINES) -> None:
+    """Prints how each category's GT boxes were named (novel categories first), at most `most` categories."""
+    split = dict(zip(dataset.category_names, dataset.category_splits))
+    cats = sorted(table, key=lambda c: split.get(c) != "novel")  # stable: dataset order within novel / the rest
+    print(f"\nGT boxes named as (the {min(most, len(cats))} of {len(cats)} categories listed here, novel first and "
+          f"marked *; all in the json's gt_box_named_as):")
+    for c in cats[:most]:
+        row = table[c]
+        names = ", ".join(f"{n} {k}" for n, k in row["named_as"].items())
+        print(f"  {c}{'*' if split.get(c) == 'novel' else ''} ({row['boxes']} boxes): {names}")
+
+
 def check_config(cfg) -> None:
     problems = []
     if cfg.boxes not in ("gt", "rpn"):
@@ -278,6 +292,7 @@ def main(argv=None) -> dict:
         ap = ovd_ap(dataset.coco_json_path, dets, novel_ids=novel, base_ids=base, image_ids=image_ids)
         results["gt_box_top1"] = top1_accuracy(records, class_emb, dataset.category_splits, rows)
         results["gt_box_ap50"] = ap["ap50"]
+        results["gt_box_named_as"] = named_as(records, class_emb, names, dataset.category_names)
         results["whole_image_top1"] = whole_image_accuracy(model, dataset, class_emb, batch_size=cfg.batch_size,
                                                            vocab_index=rows, device=device)
     else:
@@ -298,6 +313,7 @@ def main(argv=None) -> dict:
         print(f"| {_pct(acc['all'])} | {_pct(acc['base'])} | {_pct(acc['novel'])} | {acc['n_boxes']} | "
               f"{_pct(a50['novel'])} | {_pct(a50['base'])} | {_pct(a50['all'])} | {_pct(whole['accuracy'])} | "
               f"{whole['n_images']} |")
+        print_named_as(results["gt_box_named_as"], dataset)
     else:
         a50, a = results["rpn_ap50"], results["rpn_ap"]
         print("| RPN AP50 novel | base | all | AP all | proposals / image | images |\n|---|---|---|---|---|---|")

@@ -143,16 +143,45 @@ def top1_accuracy(records: list[dict], class_emb: torch.Tensor, splits: list[str
     Returns:
         {"all", "base", "novel"} accuracies in [0, 1] (nan where a group has no box) and "n_boxes".
     """
-    cls = F.normalize(class_emb.float().cpu(), dim=-1)  # (V, D)
     rows = torch.as_tensor(vocab_index if vocab_index is not None else range(len(splits)), dtype=torch.int64)  # (K,)
-    emb = torch.cat([r["embeddings"] for r in records]) if records else torch.zeros(0, cls.shape[1])  # (N, D)
-    labels = torch.cat([r["labels"] for r in records]) if records else torch.zeros(0, dtype=torch.int64)  # (N,)
-    correct = (emb @ cls.t()).argmax(-1) == rows[labels]  # (N,)
+    predicted, labels = _named_rows(records, class_emb)
+    correct = predicted == rows[labels]  # (N,)
     novel = torch.tensor([s == "novel" for s in splits], dtype=torch.bool)[labels]  # (N,)
 
     def acc(mask):
         return correct[mask].float().mean().item() if mask.any() else float("nan")
     return {"all": acc(torch.ones_like(novel)), "base": acc(~novel), "novel": acc(novel), "n_boxes": len(labels)}
+
+
+def _named_rows(records: list[dict], class_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vocabulary row each ground-truth region is named by (highest cosine) and its dataset class, each (N,)."""
+    cls = F.normalize(class_emb.float().cpu(), dim=-1)  # (V, D)
+    emb = torch.cat([r["embeddings"] for r in records]) if records else torch.zeros(0, cls.shape[1])  # (N, D)
+    labels = torch.cat([r["labels"] for r in records]) if records else torch.zeros(0, dtype=torch.int64)  # (N,)
+    return (emb @ cls.t()).argmax(-1), labels
+
+
+def named_as(records: list[dict], class_emb: torch.Tensor, vocabulary: list[str], category_names: list[str],
+             top: int = 5) -> dict[str, dict]:
+    """How the ground-truth boxes of each dataset category were named: a confusion table by rows.
+
+    Args:
+        records / class_emb: as `top1_accuracy`; vocabulary: the name of each row of class_emb (V);
+        category_names: the dataset's category names by class index (K). top: names kept per category.
+    Returns:
+        {category name: {"boxes": n, "named_as": {vocabulary name: count, ...}}}, at most `top` names per category,
+        the most frequent first (ties in vocabulary order); categories without boxes are left out.
+    """
+    predicted, labels = _named_rows(records, class_emb)
+    counts = torch.zeros(len(category_names), len(vocabulary), dtype=torch.int64)
+    counts.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+    out = {}
+    for k, name in enumerate(category_names):
+        n = int(counts[k].sum())
+        if n:
+            order = sorted(range(len(vocabulary)), key=lambda v: (-int(counts[k, v]), v))[:top]
+            out[name] = {"boxes": n, "named_as": {vocabulary[v]: int(counts[k, v]) for v in order if counts[k, v]}}
+    return out
 
 
 def region_detections(records: list[dict], class_emb: torch.Tensor, category_ids: list[int | None], *,

@@ -11,7 +11,7 @@ from regionclip_min.concepts import read_names
 import train_detect
 from regionclip_min.clip_model import load_clip
 from regionclip_min.data import DetectionDataset
-from regionclip_min.evaluation import encode_regions, gt_box_accuracy, region_detections, top1_accuracy
+from regionclip_min.evaluation import encode_regions, gt_box_accuracy, named_as, region_detections, top1_accuracy
 from regionclip_min.regions import RegionEncoder
 
 
@@ -55,6 +55,21 @@ def test_oracle_vocabulary_gives_perfect_gt_box_accuracy(toy_world, tmp_path):
     assert top1_accuracy([rec], class_emb.roll(1, dims=0), ds.category_splits)["all"] < 1.0
 
 
+def test_named_as_counts_each_box_under_the_name_it_got():
+    """Boxes of class 0 sit on vocabulary rows 0, 0, 2 (a distractor); class 1 on row 1; class 2 has no box."""
+    vocab = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    rec = {"embeddings": vocab[[0, 2, 0, 1]] + 0.01, "labels": torch.tensor([0, 0, 0, 1])}
+    table = named_as([rec], vocab, ["cat", "dog", "kite"], ["cat", "dog", "hexagon"])
+    assert table == {"cat": {"boxes": 3, "named_as": {"cat": 2, "kite": 1}},
+                     "dog": {"boxes": 1, "named_as": {"dog": 1}}}
+    assert list(table["cat"]["named_as"]) == ["cat", "kite"]  # most frequent first
+    assert named_as([rec], vocab, ["cat", "dog", "kite"], ["cat", "dog", "hexagon"], top=1)["cat"]["named_as"] == \
+        {"cat": 2}
+    # consistent with the accuracy: the boxes named as their own class are the correct ones
+    acc = top1_accuracy([rec], vocab, [None, None, "novel"])
+    assert acc["all"] == pytest.approx(3 / 4)
+
+
 def test_gt_box_detections_report_each_box_once_per_class_with_probabilities():
     emb = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
     rec = {"image_id": 7, "boxes": torch.tensor([[0., 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 70]]),
@@ -83,7 +98,10 @@ def test_gt_mode_from_main_writes_table_json_and_features(toy_world, stage0_run,
         assert 0.0 <= acc[k] <= 1.0 and 0.0 <= saved["gt_box_ap50"][k] <= 1.0
     assert res["gt_box_top1"] == acc
     printed = capsys.readouterr().out
-    assert "GT-box top-1" in printed and "AP50 novel" in printed
+    assert "GT-box top-1" in printed and "AP50 novel" in printed and "GT boxes named as" in printed
+    named = saved["gt_box_named_as"]  # each box is counted once, under the name it got
+    assert sum(row["boxes"] for row in named.values()) == acc["n_boxes"]
+    assert all(sum(row["named_as"].values()) <= row["boxes"] for row in named.values())
     f = torch.load(feats, weights_only=True)
     assert set(f) == set(eval_zeroshot.FEATURE_KEYS) and f["box_source"] == "gt"
     n = acc["n_boxes"]
