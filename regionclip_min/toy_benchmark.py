@@ -281,7 +281,9 @@ def summarize(b: Bench) -> dict:
               or "nowhere") if len(seeds) > 1 else "not known from one seed (make toy-seeds)") + ".", "",
           f"Budget: {b.budget}; world: {b.world}; pretraining precision (train_pretrain.py --amp {AMP}): stage 0 "
           f"{_amp_used(b.runs / 'clip')}, RegionCLIP {_amp_used(_rc_dir(b, 'full', seeds[0]) if seeds else b.runs)}.",
-          "", "## Step times", "", "| step | seconds |", "|---|---|"]
+          ""]
+    md += _named_as_section(b, clip_gt, _load(zs / f"regionclip-s{seeds[0]}-gt.json") if seeds else None)
+    md += ["## Step times", "", "| step | seconds |", "|---|---|"]
     md += [f"| {k} | {v['seconds']} |" for k, v in timings.items() if not k.startswith("_")]
     for call in timings.get("_calls", [])[-3:]:
         md.append(f"\nA call at {call['finished']} ran {len(call['steps_run'])} steps in {call['wall_seconds']} s wall "
@@ -292,6 +294,26 @@ def summarize(b: Bench) -> dict:
     (b.results / "summary.md").write_text(text)
     print(text)
     return summary
+
+
+def _named_as_section(b: Bench, clip_gt: dict, rc_gt: dict | None, top: int = 3) -> list[str]:
+    """Markdown: how the val GT boxes of each category were named by CLIP and by RegionCLIP (eval_zeroshot's
+    gt_box_named_as, the `top` most frequent names), novel categories first; [] if either result lacks it."""
+    clip_t, rc_t = clip_gt.get("gt_box_named_as"), (rc_gt or {}).get("gt_box_named_as")
+    if not clip_t or not rc_t:
+        return []
+    cats = (_load(b.data / "instances_val_all.json") or {}).get("categories", [])
+    novel = {c["name"] for c in cats if c.get("split") == "novel"}
+    names = sorted(clip_t, key=lambda c: c not in novel)  # novel first, dataset order within each
+
+    def cell(row: dict | None) -> str:
+        return ", ".join(f"{n} {k}" for n, k in list((row or {}).get("named_as", {}).items())[:top]) or "—"
+    md = ["## What each category's GT boxes were named (val scenes, seed 0)", "",
+          "| category | boxes | CLIP named them | RegionCLIP named them |", "|---|---|---|---|"]
+    md += [f"| {c}{' (novel)' if c in novel else ''} | {clip_t[c]['boxes']} | {cell(clip_t[c])} | "
+           f"{cell(rc_t.get(c))} |" for c in names]
+    return md + ["", f"The {top} most frequent names over the class-name vocabulary, with counts "
+                 "(`eval_zeroshot.py`'s `gt_box_named_as`, in results/toy/zeroshot/).", ""]
 
 
 def _amp_used(run: Path) -> str:

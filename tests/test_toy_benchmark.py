@@ -27,6 +27,9 @@ def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path,
         assert summary[model]["gt_top1.all"]["n"] == 1 and summary[model]["ovd_ap50.novel"]["n"] <= 1
     md = (res / "summary.md").read_text()
     assert "| CLIP (stage 0) |" in md and "| RegionCLIP |" in md and "Fig. 1(b)" in md
+    named = json.loads((res / "zeroshot" / "clip-gt.json").read_text())["gt_box_named_as"]
+    assert "GT boxes were named" in md and all(f"| {c}" in md for c in named)  # one row per category with boxes
+    assert md.index("(novel) |") < md.index("| circle |")  # novel categories come first
     assert (res / "regions.png").stat().st_size > 0 and (res / "detections.png").stat().st_size > 0
     capsys.readouterr()
     toy_benchmark.main(["run", *args])  # everything exists: nothing is redone
