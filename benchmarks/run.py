@@ -6,6 +6,8 @@
     python benchmarks/run.py detector-ap     # the long part of section 5: train the toy detector with each RoI
                                              # sampling setting and evaluate (not in make bench: ~5 min per row
                                              # on 2 idle cores; the 'ours' row is read from make toy's transfer)
+    python benchmarks/run.py render          # bench.md again from bench.json, measuring nothing (e.g. to add
+                                             # the AP50 table once detector-ap has finished)
 
 Writes results/bench.md and results/bench.json (with the machine: cores, threads, torch, device). Every speed
 figure is a ratio of two times measured in this one run, beside the ratio the FLOP counts allow, because absolute
@@ -539,10 +541,24 @@ def markdown(res: dict) -> str:
     return "\n".join(md)
 
 
+def render(out: Path) -> dict:
+    """Rewrites <out>/bench.md from <out>/bench.json (the figures of the run that wrote it, with its date) and the
+    current results/bench-detector-ap.json; measures nothing."""
+    try:
+        res = json.loads((out / "bench.json").read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{out / 'bench.json'}: cannot read it ({e}); run `make bench` first") from None
+    text = markdown(res)
+    (out / "bench.md").write_text(text + "\n")
+    print(text)
+    return res
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="bench", choices=("bench", "detector-ap"))
+    p.add_argument("what", nargs="?", default="bench", choices=("bench", "detector-ap", "render"),
+                   help="bench: measure; detector-ap: section 5's AP50 runs; render: bench.md from bench.json")
     p.add_argument("--device", default="cpu", help="cpu | cuda (default %(default)s)")
     p.add_argument("--only", default="1,2,3,4,5,6,7", help="sections to run (default all)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for the tests (figures mean nothing)")
@@ -560,6 +576,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.what == "detector-ap":
         return detector_ap(args)
+    if args.what == "render":
+        return render(Path(args.out))
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no GPU here")

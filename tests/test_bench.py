@@ -26,6 +26,9 @@ def test_quick_bench_writes_every_cpu_section(tmp_path):
     assert res["detector"][0]["sampling"] == "ours" and len(res["detector"]) == len(bench.DETECTOR_SAMPLING)
     md = (tmp_path / "bench.md").read_text()
     assert "## 1. Region embeddings" in md and "## 7. GPU" in md and "Not run: no GPU" in md
+    (tmp_path / "bench.md").unlink()
+    assert bench.main(["render", "--out", str(tmp_path)]) == saved  # measures nothing, rewrites the same table
+    assert (tmp_path / "bench.md").read_text() == md
 
 
 def test_flop_bound_matches_arithmetic_on_rn_toy():
@@ -54,6 +57,8 @@ def test_bad_options_are_refused(tmp_path):
         bench.main(["detector-ap", "--settings", "fastest", "--init", __file__, "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="not found"):
         bench.main(["detector-ap", "--init", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="bench.json: cannot read"):
+        bench.main(["render", "--out", str(tmp_path)])
 
 
 def test_detector_ap_resumes_a_killed_run_of_the_same_settings_only(tmp_path):
