@@ -30,6 +30,7 @@ import math
 import os
 import time
 from collections import Counter
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -44,17 +45,24 @@ COLORS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (45, 80, 215),
 FILLER_NOUNS = ("photo", "picture", "image", "drawing", "background")  # nouns of the caption templates
 
 # ---- world statistics (pixels at 128 px; scaled with image_size) -----------------------------------------
-# Three of world C's settings were changed after stage 0 failed on other seeds (README "The toy world"): with 35%
-# object-centric images and colour in 30% of mentions a seed-2 stage 0 reached 40% whole-image top-1 (seed 0: 98%);
-# with 26-56 px scene objects its regions were named right 16-34% of the time.
-OBJECT_CENTRIC_FRACTION = 0.5  # world C: 0.35
-OBJECT_CENTRIC_SIZE = (60, 110)
-SCENE_SIZE = (32, 64)  # world C: (26, 56)
-SCENE_OBJECTS = (2, 4)
-MAX_ROTATION_DEG = 15.0
-COLOR_MENTION_PROB = 0.15  # world C: 0.3
-SUBSET_MENTION_PROB = 0.3
-MAX_OVERLAP = 0.25  # intersection / smaller box area allowed between two objects of a scene
+@dataclass(frozen=True)
+class WorldStats:
+    """What the world's images and captions look like. The defaults are this project's world: DESIGN.md §5.1's
+    world C with three settings changed after a stage 0 of world C failed on other seeds (README "The toy world":
+    with 35% object-centric images and colour in 30% of mentions a seed-2 stage 0 reached 40% whole-image top-1,
+    seed 0 98%; with 26-56 px scene objects its regions were named right 16-34% of the time). `WORLD_C` is the
+    original, for comparison (`--stats world-c`)."""
+    object_centric_fraction: float = 0.5  # world C: 0.35
+    object_centric_size: tuple[float, float] = (60, 110)  # side of the one object of an object-centric image
+    scene_size: tuple[float, float] = (32, 64)  # side of each scene object; world C: (26, 56)
+    scene_objects: tuple[int, int] = (2, 4)  # objects per scene (fewer if no room is left)
+    max_rotation_deg: float = 15.0
+    color_mention_prob: float = 0.15  # a mention names the colour; world C: 0.3
+    subset_mention_prob: float = 0.3  # a scene's caption names only some of its shapes
+    max_overlap: float = 0.25  # intersection / smaller box area allowed between two objects of a scene
+
+
+WORLD_C = WorldStats(object_centric_fraction=0.35, scene_size=(26, 56), color_mention_prob=0.3)
 SUPERSAMPLE = 2  # shapes are drawn at 2x and downsampled, for anti-aliased edges
 _SPLIT_CODE = {"train": 0, "val": 1}
 
@@ -178,13 +186,13 @@ def _clutter(rng, canvas: np.ndarray):
     canvas[:] = np.asarray(pil, dtype=np.float32)
 
 
-def _overlap_ok(box, boxes) -> bool:
+def _overlap_ok(box, boxes, max_overlap: float) -> bool:
     for b in boxes:
         iw = min(box[2], b[2]) - max(box[0], b[0])
         ih = min(box[3], b[3]) - max(box[1], b[1])
         if iw > 0 and ih > 0:
             smaller = min((box[2] - box[0]) * (box[3] - box[1]), (b[2] - b[0]) * (b[3] - b[1]))
-            if iw * ih > MAX_OVERLAP * smaller:
+            if iw * ih > max_overlap * smaller:
                 return False
     return True
 
@@ -207,10 +215,10 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _mention(rng, name: str, colors: list[str]) -> str:
+def _mention(rng, name: str, colors: list[str], color_prob: float) -> str:
     """A noun phrase for `len(colors)` objects of one shape, e.g. 'a red star', 'two circles', 'some crosses'."""
     n = len(colors)
-    adj = colors[0] + " " if len(set(colors)) == 1 and rng.random() < COLOR_MENTION_PROB else ""
+    adj = colors[0] + " " if len(set(colors)) == 1 and rng.random() < color_prob else ""
     if n == 1:
         return f"{_article(adj or name)} {adj}{name}"
     count = "some" if rng.random() < 0.15 else _COUNT_WORDS[n]
@@ -221,21 +229,21 @@ def _join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _caption(rng, objects: list[tuple[str, str]], object_centric: bool) -> str:
+def _caption(rng, objects: list[tuple[str, str]], object_centric: bool, stats: WorldStats = WorldStats()) -> str:
     groups: dict[str, list[str]] = {}
     for name, color in objects:
         groups.setdefault(name, []).append(color)
     names = list(groups)
     rng.shuffle(names)
-    if not object_centric and len(names) > 1 and rng.random() < SUBSET_MENTION_PROB:
+    if not object_centric and len(names) > 1 and rng.random() < stats.subset_mention_prob:
         names = names[: rng.integers(1, len(names))]  # only some of the objects are mentioned
     if object_centric and rng.random() < 0.4:
         name, color = objects[0]
-        adj = color + " " if rng.random() < COLOR_MENTION_PROB else ""
+        adj = color + " " if rng.random() < stats.color_mention_prob else ""
         prefix = _SINGLE_PREFIXES[rng.integers(len(_SINGLE_PREFIXES))] or _article(adj or name) + " "
         body = prefix + adj + name
     else:
-        body = _join([_mention(rng, n, groups[n]) for n in names])
+        body = _join([_mention(rng, n, groups[n], stats.color_mention_prob) for n in names])
     text = _PREFIXES[rng.integers(len(_PREFIXES))] + body + _SUFFIXES[rng.integers(len(_SUFFIXES))]
     if rng.random() < 0.5:
         text = text[0].upper() + text[1:] + "."
@@ -243,8 +251,8 @@ def _caption(rng, objects: list[tuple[str, str]], object_centric: bool) -> str:
 
 
 # ---- one image --------------------------------------------------------------------------------------------
-def make_image(seed: int, split: str, index: int, image_size: int = 128):
-    """Renders one image of the world. Deterministic in (seed, split, index).
+def make_image(seed: int, split: str, index: int, image_size: int = 128, stats: WorldStats = WorldStats()):
+    """Renders one image of the world. Deterministic in (seed, split, index) for given `stats`.
 
     Returns:
         image: PIL RGB image of size (image_size, image_size).
@@ -257,9 +265,9 @@ def make_image(seed: int, split: str, index: int, image_size: int = 128):
     canvas = _background(rng, image_size)  # (S, S, 3)
     if rng.random() < 0.5:
         _clutter(rng, canvas)
-    object_centric = rng.random() < OBJECT_CENTRIC_FRACTION
-    n_obj = 1 if object_centric else int(rng.integers(SCENE_OBJECTS[0], SCENE_OBJECTS[1] + 1))
-    lo, hi = OBJECT_CENTRIC_SIZE if object_centric else SCENE_SIZE
+    object_centric = rng.random() < stats.object_centric_fraction
+    n_obj = 1 if object_centric else int(rng.integers(stats.scene_objects[0], stats.scene_objects[1] + 1))
+    lo, hi = stats.object_centric_size if object_centric else stats.scene_size
     objects, boxes = [], []
     for _ in range(n_obj):
         for _attempt in range(30):  # rejection sampling for limited overlap
@@ -267,20 +275,20 @@ def make_image(seed: int, split: str, index: int, image_size: int = 128):
             half = size / 2
             cx, cy = rng.uniform(half, image_size - half, 2)
             box = [cx - half, cy - half, cx + half, cy + half]
-            if _overlap_ok(box, boxes):
+            if _overlap_ok(box, boxes, stats.max_overlap):
                 break
         else:
             continue  # no room left: fewer objects in this scene
         shape = SHAPES[rng.integers(len(SHAPES))]
         color = list(COLORS)[rng.integers(len(COLORS))]
-        angle = math.radians(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
+        angle = math.radians(rng.uniform(-stats.max_rotation_deg, stats.max_rotation_deg))
         box_xyxy = _draw_object(canvas, rng, shape, COLORS[color], cx, cy, size, angle)
         boxes.append(box)
         objects.append({"category": shape, "color": color, "box_xyxy": [round(v, 2) for v in box_xyxy]})
     pairs = [(o["category"], o["color"]) for o in objects]
     captions: list[str] = []
     for _ in range(int(rng.integers(1, 4))):
-        cap = _caption(rng, pairs, object_centric)
+        cap = _caption(rng, pairs, object_centric, stats)
         if cap not in captions:
             captions.append(cap)
     image = Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8), "RGB")
@@ -302,20 +310,21 @@ def _write_json(path: Path, obj) -> None:
 
 def _render_one(job: tuple) -> tuple:
     """Renders image `index` and writes its PNG; returns (file name, objects, captions, kind)."""
-    out, split, index, seed, image_size = job
-    img, objects, captions, kind = make_image(seed, split, index, image_size)
+    out, split, index, seed, image_size, stats = job
+    img, objects, captions, kind = make_image(seed, split, index, image_size, stats)
     file_name = f"{split}_{index + 1:06d}.png"
     img.save(out / "images" / file_name, optimize=False)
     return file_name, objects, captions, kind
 
 
-def _render_split(out: Path, split: str, n: int, seed: int, image_size: int, progress: bool, workers: int):
+def _render_split(out: Path, split: str, n: int, seed: int, image_size: int, stats: WorldStats, progress: bool,
+                  workers: int):
     try:
         from tqdm import tqdm
     except ImportError:  # the generator itself needs only numpy and PIL
         tqdm = None
     images, caps, anns = [], [], []
-    jobs = [(out, split, i, seed, image_size) for i in range(n)]
+    jobs = [(out, split, i, seed, image_size, stats) for i in range(n)]
     pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 and n > 1 else None
     it = pool.map(_render_one, jobs, chunksize=32) if pool is not None else map(_render_one, jobs)  # in order
     if progress and tqdm is not None:
@@ -340,9 +349,10 @@ def _render_split(out: Path, split: str, n: int, seed: int, image_size: int, pro
 
 
 def generate(out_dir, *, seed: int = 0, num_train: int = 2000, num_val: int = 300, image_size: int = 128,
-             progress: bool = False, workers: int = 1) -> dict:
+             stats: WorldStats = WorldStats(), progress: bool = False, workers: int = 1) -> dict:
     """Writes the toy world under `out_dir` and returns the written paths. `workers` processes render the images;
-    every image depends only on (seed, split, index), so the files are the same for any number of workers.
+    every image depends only on (seed, split, index) and `stats`, so the files are the same for any number of
+    workers. Every json's "info" records the seed and the stats.
 
     Files: images/{split}_{id:06d}.png, captions_{train,val}.json (COCO captions), instances_train_base.json
     (base categories' boxes only), instances_train_all.json, instances_val_all.json (COCO instances; every
@@ -356,11 +366,12 @@ def generate(out_dir, *, seed: int = 0, num_train: int = 2000, num_val: int = 30
     cats = categories()
     novel_ids = {c["id"] for c in cats if c["split"] == "novel"}
     paths = {"root": str(out), "images": str(out / "images")}
+    info = {"seed": seed, "image_size": image_size, "stats": asdict(stats)}
     for split, n in (("train", num_train), ("val", num_val)):
-        images, caps, anns = _render_split(out, split, n, seed, image_size, progress, workers)
+        images, caps, anns = _render_split(out, split, n, seed, image_size, stats, progress, workers)
         cap_images = [{k: im[k] for k in ("id", "file_name", "width", "height")} for im in images]
         p = out / f"captions_{split}.json"
-        _write_json(p, {"info": {"description": f"regionclip-min toy world, seed {seed}"},
+        _write_json(p, {"info": {"description": f"regionclip-min toy world, seed {seed}", **info},
                         "images": cap_images, "annotations": caps})
         paths[f"captions_{split}"] = str(p)
         variants = {"all": anns}
@@ -368,7 +379,7 @@ def generate(out_dir, *, seed: int = 0, num_train: int = 2000, num_val: int = 30
             variants["base"] = [a for a in anns if a["category_id"] not in novel_ids]
         for name, a in variants.items():
             p = out / f"instances_{split}_{name}.json"
-            _write_json(p, {"info": {"description": f"regionclip-min toy world, seed {seed}, {name} categories"},
+            _write_json(p, {"info": {"description": f"regionclip-min toy world, seed {seed}, {name} categories", **info},
                             "images": images, "annotations": a, "categories": cats})
             paths[f"instances_{split}_{name}"] = str(p)
     return paths
@@ -398,6 +409,32 @@ def summarize(paths: dict) -> str:
     return "\n".join(lines)
 
 
+def parse_stats(text: str) -> WorldStats:
+    """'' -> the default world; 'world-c' -> WORLD_C; 'key=value,...' -> the default world with those fields changed
+    (ranges as lo:hi), e.g. 'object_centric_fraction=0.35,scene_size=26:56'. Raises ValueError naming a bad item."""
+    text = text.strip()
+    if text in ("", "default"):
+        return WorldStats()
+    if text == "world-c":
+        return WORLD_C
+    kinds = {f.name: f.type for f in fields(WorldStats)}
+    changes = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, _, value = item.partition("=")
+        if key not in kinds or not value:
+            raise ValueError(f"world stats: expected key=value with keys {sorted(kinds)}, or 'world-c'; got {item!r}")
+        try:
+            if kinds[key].startswith("tuple"):
+                lo, hi = value.split(":")
+                cast = int if "int" in kinds[key] else float
+                changes[key] = (cast(lo), cast(hi))
+            else:
+                changes[key] = float(value)
+        except ValueError:
+            raise ValueError(f"world stats: bad value in {item!r} (numbers; ranges as lo:hi)") from None
+    return WorldStats(**changes)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description="Generate the regionclip-min toy world (DESIGN.md §5): PNG images, "
                                             "COCO captions and COCO instances files with a base/novel split.")
@@ -408,10 +445,17 @@ def main(argv=None) -> dict:
     p.add_argument("--image-size", type=int, default=128, help="image side in pixels (default 128)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes rendering images (default: one per core; the files do not depend on it)")
+    p.add_argument("--stats", default="", help="change the world's statistics (WorldStats): 'world-c' for DESIGN.md's "
+                   "world C, or key=value pairs, e.g. 'object_centric_fraction=0.35,scene_size=26:56' (default: this "
+                   "project's world)")
     args = p.parse_args(argv)
+    try:
+        stats = parse_stats(args.stats)
+    except ValueError as e:
+        p.error(str(e))
     t0 = time.time()
     paths = generate(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
-                     image_size=args.image_size, progress=True, workers=args.workers)
+                     image_size=args.image_size, stats=stats, progress=True, workers=args.workers)
     print(summarize(paths))
     print(f"generated in {time.time() - t0:.1f} s")
     return paths

@@ -135,3 +135,35 @@ def test_cli_prints_summary(tmp_path, capsys):
     toyworld.main(["--out", str(tmp_path), "--num-train", "6", "--num-val", "3"])
     out = capsys.readouterr().out
     assert "novel (3)" in out and "instances_train_base.json" in out
+
+
+def test_world_stats_parse_and_take_effect(tmp_path):
+    assert toyworld.parse_stats("") == toyworld.WorldStats()
+    assert toyworld.parse_stats("world-c") == toyworld.WORLD_C != toyworld.WorldStats()
+    assert toyworld.parse_stats("object_centric_fraction=0.35,scene_size=26:56,color_mention_prob=0.3") == \
+        toyworld.WORLD_C
+    for bad in ("nope=1", "scene_size=26", "object_centric_fraction=x", "scene_size"):
+        with pytest.raises(ValueError, match="world stats"):
+            toyworld.parse_stats(bad)
+    # every image object-centric, or every image a scene of exactly 3 small objects
+    only_objects = toyworld.generate(tmp_path / "o", seed=2, num_train=16, num_val=2,
+                                     stats=toyworld.parse_stats("object_centric_fraction=1"))
+    scenes = toyworld.generate(tmp_path / "s", seed=2, num_train=16, num_val=2, stats=toyworld.parse_stats(
+        "object_centric_fraction=0,scene_objects=3:3,scene_size=20:24,color_mention_prob=0"))
+    o = json.loads(Path(only_objects["instances_train_all"]).read_text())
+    s = json.loads(Path(scenes["instances_train_all"]).read_text())
+    assert {im["kind"] for im in o["images"]} == {"object"} and {im["kind"] for im in s["images"]} == {"scene"}
+    assert len(s["annotations"]) == 3 * 16 and all(max(a["bbox"][2:]) <= 24 * 1.1 for a in s["annotations"])
+    caps = json.loads(Path(scenes["captions_train"]).read_text())
+    words = {w for a in caps["annotations"] for w in a["caption"].lower().replace(",", " ").replace(".", " ").split()}
+    assert not words & set(toyworld.COLORS)  # colour never named
+    assert caps["info"]["stats"]["scene_objects"] == [3, 3] and o["info"]["stats"]["object_centric_fraction"] == 1
+
+
+def test_cli_takes_world_stats(tmp_path, capsys):
+    toyworld.main(["--out", str(tmp_path), "--num-train", "4", "--num-val", "2", "--stats", "world-c"])
+    d = json.loads((tmp_path / "instances_train_all.json").read_text())
+    assert d["info"]["stats"]["scene_size"] == [26, 56] and d["info"]["stats"]["color_mention_prob"] == 0.3
+    with pytest.raises(SystemExit):
+        toyworld.main(["--out", str(tmp_path), "--stats", "bogus=1"])
+    assert "world stats" in capsys.readouterr().err
