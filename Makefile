@@ -9,7 +9,7 @@ SEED   ?= 0
 TOY_NUM_TRAIN ?= 8000
 TOY_NUM_VAL   ?= 500
 
-.PHONY: help venv toy toy-seeds toy-ablations toy-world bench test clean
+.PHONY: help venv toy toy-seeds toy-ablations toy-worlds toy-world bench test clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -32,6 +32,9 @@ toy-seeds: $(STAMP)  ## RegionCLIP + transfer for seeds 0, 1, 2: mean +- std in 
 toy-ablations: $(STAMP)  ## the paper's ablations on the toy world: results/toy/ablations.md
 	$(BENCH) ablations
 
+toy-worlds: $(STAMP)  ## stage 0 on world C, the variants that led to this world, and 4 seeds: results/toy/stage0-worlds.md
+	$(PY) -m regionclip_min.toy_worlds $(if $(FORCE),--force)
+
 toy-world: $(STAMP)  ## only generate the toy world (data/toy)
 	$(PY) -m regionclip_min.toyworld --out $(DATA) --seed $(SEED) --num-train $(TOY_NUM_TRAIN) --num-val $(TOY_NUM_VAL)
 
@@ -42,4 +45,4 @@ test: $(STAMP)  ## run the test suite (CPU, offline)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 clean:  ## remove generated data and run outputs (keeps .venv and the committed results/toy tables and pictures)
-	rm -rf data runs results/demo results/zeroshot results/toy/logs results/toy/zeroshot results/toy/timings.json
+	rm -rf data runs results/demo results/zeroshot results/toy/logs results/toy/zeroshot results/toy/worlds results/toy/timings.json

@@ -41,6 +41,7 @@ class Step:
     cmd: list  # python arguments, run from the repository root
     run_dir: Path | None = None  # a training run: resumed if it holds checkpoints, --overwrite with force
     after: tuple = ()  # names of the steps this one needs
+    threads: int | None = None  # a fixed thread count, never raised (float rounding independent of the schedule)
 
 
 class Runner:
@@ -92,7 +93,7 @@ class Runner:
                     s = ready.pop(0)
                     todo.remove(s)
                     share = self.jobs > 1 and bool(running or ready)  # alone: nothing else can start before it ends
-                    threads = max(1, cores // self.jobs) if share else cores
+                    threads = s.threads or (max(1, cores // self.jobs) if share else cores)
                     running[s.name] = (s, *self._launch(s, threads, bar), threads)
                     threads_now[s.name] = threads
                 if not running:
@@ -100,7 +101,7 @@ class Runner:
                 if not ready and len(running) < self.jobs:  # a free lane and nothing to start: share its cores
                     more = max(1, cores // len(running))
                     for name in running:
-                        if more > threads_now[name]:
+                        if more > threads_now[name] and running[name][0].threads is None:
                             write_threads(self._threads_file(name), more)
                             threads_now[name] = more
                             bar.write(f"[{name}] nothing left to run beside it: now {more} threads")

@@ -57,6 +57,17 @@ def test_a_step_left_alone_is_told_to_take_the_freed_cores(tmp_path, monkeypatch
     assert "threads_later" not in timings["short"]
 
 
+def test_a_step_with_fixed_threads_keeps_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    pinned, short = _touch_step(tmp_path, "pinned", sleep=1.0), _touch_step(tmp_path, "short")
+    pinned.threads = 1  # alone or beside another step, and after its neighbour ends: 1 thread
+    Runner(tmp_path / "res", jobs=2).run([pinned, short])
+    assert _span(tmp_path, "pinned")[2] == 1
+    assert (tmp_path / "res" / "logs" / "pinned.threads").read_text().strip() == "1"  # never raised
+    timings = json.loads((tmp_path / "res" / "timings.json").read_text())
+    assert timings["pinned"]["threads"] == 1 and "threads_later" not in timings["pinned"]
+
+
 def test_one_lane_keeps_list_order_and_skips_finished_steps(tmp_path, capsys):
     steps = [_touch_step(tmp_path, "x"), _touch_step(tmp_path, "y"), _touch_step(tmp_path, "z", ["x"])]
     Runner(tmp_path / "res", jobs=1).run(steps)
