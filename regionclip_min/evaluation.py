@@ -271,7 +271,7 @@ def whole_image_accuracy(clip_model, dataset: DetectionDataset, class_emb: torch
 
 @torch.no_grad()
 def detect(detector, dataset: DetectionDataset, *, batch_size: int = 8, max_images: int | None = None,
-           device="cpu", progress: bool = False) -> tuple[list[dict], list[int]]:
+           device="cpu", progress: bool = False, category_ids: list[int] | None = None) -> tuple[list[dict], list[int]]:
     """COCO-format detections of a torchvision detector whose vocabulary is `dataset.category_names`.
 
     Args:
@@ -279,11 +279,14 @@ def detect(detector, dataset: DetectionDataset, *, batch_size: int = 8, max_imag
             "scores" (N,)}] (eval mode is set here).
         dataset: DetectionDataset (label k <-> category id dataset.category_ids[k - 1]).
         max_images: only the first this many images (None: all).
+        category_ids: the category id of each label 1..K when the detector's vocabulary is not the dataset's
+            (e.g. its base categories only); default dataset.category_ids.
     Returns:
         (results [{"image_id", "category_id", "bbox": [x, y, w, h] pixels of the json's image, "score"}],
          ids of the images that were run).
     """
     detector.eval()
+    category_ids = dataset.category_ids if category_ids is None else category_ids
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size,
                                          collate_fn=collate_detection)
@@ -298,7 +301,7 @@ def detect(detector, dataset: DetectionDataset, *, batch_size: int = 8, max_imag
             scale = torch.tensor([w / image.shape[-1], h / image.shape[-2]] * 2)  # (4,)
             boxes = out["boxes"].cpu() * scale  # (N, 4) xyxy, json pixels
             for (x1, y1, x2, y2), label, score in zip(boxes.tolist(), out["labels"].tolist(), out["scores"].tolist()):
-                results.append({"image_id": target["image_id"], "category_id": dataset.category_ids[label - 1],
+                results.append({"image_id": target["image_id"], "category_id": category_ids[label - 1],
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
             image_ids.append(target["image_id"])
     return results, image_ids

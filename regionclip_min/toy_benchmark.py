@@ -220,10 +220,10 @@ HEADER = ("| model | GT-box top-1 all | base | novel | zero-shot RPN AP50 novel 
           "| base | all |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
-def _stats(rows: list[dict]) -> dict:
+def _stats(rows: list[dict], columns: list[tuple] = COLUMNS) -> dict:
     """Per column: mean, std (sample, n >= 2) and n over the rows where the value exists."""
     out = {}
-    for group, key in COLUMNS:
+    for group, key in columns:
         vals = [r[group][key] for r in rows if not math.isnan(r[group][key])]
         out[f"{group}.{key}"] = {"mean": statistics.fmean(vals) if vals else float("nan"),
                                  "std": statistics.stdev(vals) if len(vals) > 1 else float("nan"), "n": len(vals)}
@@ -285,6 +285,7 @@ def summarize(b: Bench) -> dict:
           f"Budget: {b.budget}; world: {b.world}; pretraining precision (train_pretrain.py --amp {AMP}): stage 0 "
           f"{_amp_used(b.runs / 'clip')}, RegionCLIP {_amp_used(_rc_dir(b, 'full', seeds[0]) if seeds else b.runs)}.",
           ""]
+    md += _closed_vocabulary_section(b, seeds)
     md += _named_as_section(b, clip_gt, _load(zs / f"regionclip-s{seeds[0]}-gt.json") if seeds else None)
     md += ["## Step times", "", "| step | seconds |", "|---|---|"]
     md += [f"| {k} | {v['seconds']} |" for k, v in timings.items() if not k.startswith("_")]
@@ -297,6 +298,24 @@ def summarize(b: Bench) -> dict:
     (b.results / "summary.md").write_text(text)
     print(text)
     return summary
+
+
+def _closed_vocabulary_section(b: Bench, seeds: list[int]) -> list[str]:
+    """Markdown: each transfer's base AP50 with the whole vocabulary (the table's) and with the base names only
+    (train_detect.py's base_vocabulary): how much the novel names take from base objects; [] if not recorded."""
+    rows = []
+    for name, label in (("clip", "CLIP (stage 0)"), ("regionclip", "RegionCLIP")):
+        res = [_load(b.runs / f"det-{name}-s{s}" / "results.json") or {} for s in seeds]
+        if not res or not all("base_vocabulary" in r for r in res):
+            return []
+        stat = _stats([{"open": {"b": 100 * r["ap50"]["base"]}, "closed": {"b": 100 * r["base_vocabulary"]["ap50"]}}
+                       for r in res], [("open", "b"), ("closed", "b")])
+        rows.append(f"| {label} | {_fmt(stat['open.b'])} | {_fmt(stat['closed.b'])} |")
+    return ["## OVD transfer: base AP50 with and without the novel names", "",
+            "| transfer from | base AP50, base + novel names (the table's) | base AP50, base names only |",
+            "|---|---|---|", *rows, "",
+            "The same detectors, evaluated once with all names and once with the base names only (no novel name to "
+            "take a box). The difference is what the novel names take from base objects and background.", ""]
 
 
 def _named_as_section(b: Bench, clip_gt: dict, rc_gt: dict | None, top: int = 3) -> list[str]:

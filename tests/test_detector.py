@@ -11,7 +11,7 @@ from regionclip_min.clip_model import load_clip
 from regionclip_min.detector import (AlignedRoIPool, FocalRoIHeads, ProposalNetwork, TextEmbeddingPredictor,
                                      build_detector, propose, set_vocabulary)
 from regionclip_min.drawing import draw_detections
-from regionclip_min.evaluation import detection_ap, ovd_ap, proposal_recall
+from regionclip_min.evaluation import detect, detection_ap, ovd_ap, proposal_recall
 from regionclip_min.regions import RegionEncoder
 
 TOY = dict(min_size=256, max_size=256, anchor_sizes=(32, 64, 128, 256), rpn_post_nms_top_n_train=50,
@@ -257,3 +257,20 @@ def test_proposal_recall_and_drawing(tmp_path):
                     is_novel=[True])
     from PIL import Image
     assert Image.open(path).size == (192, 192)
+
+
+def test_detect_maps_labels_to_the_given_category_ids(toy_world):
+    from regionclip_min.data import DetectionDataset
+
+    class Fixed(torch.nn.Module):  # two boxes per image, labels 1 and 2 of whatever vocabulary it holds
+        def forward(self, images):
+            return [{"boxes": torch.tensor([[0.0, 0.0, 8.0, 8.0], [2.0, 2.0, 9.0, 9.0]]),
+                     "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.8])} for _ in images]
+
+    val = DetectionDataset(toy_world["instances_val_all"], toy_world["images"])
+    whole, ids = detect(Fixed(), val, max_images=3)
+    assert [r["category_id"] for r in whole[:2]] == val.category_ids[:2] and len(ids) == 3
+    base = [c for c, s in zip(val.category_ids, val.category_splits) if s == "base"][::-1]  # any subset, any order
+    closed, _ = detect(Fixed(), val, max_images=3, category_ids=base)
+    assert [r["category_id"] for r in closed[:2]] == base[:2]
+    assert [r["bbox"] for r in closed] == [r["bbox"] for r in whole]

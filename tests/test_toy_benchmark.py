@@ -30,6 +30,7 @@ def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path,
     named = json.loads((res / "zeroshot" / "clip-gt.json").read_text())["gt_box_named_as"]
     assert "GT boxes were named" in md and all(f"| {c}" in md for c in named)  # one row per category with boxes
     assert md.index("(novel) |") < md.index("| circle |")  # novel categories come first
+    assert "base names only |" in md and md.count("| CLIP (stage 0) |") == 2  # the closed-vocabulary table
     assert (res / "regions.png").stat().st_size > 0 and (res / "detections.png").stat().st_size > 0
     capsys.readouterr()
     toy_benchmark.main(["run", *args])  # everything exists: nothing is redone

@@ -59,6 +59,7 @@ def test_toy_detector_trains_evaluates_and_reloads(toy_world, stage0_run, tmp_pa
     assert "resolved config" in printed and "next:" in printed and "9 training classes" in printed
     results = json.loads((out / "results.json").read_text())
     assert set(results["ap50"]) == {"novel", "base", "all"} and results["n_images"] == 6
+    assert set(results["base_vocabulary"]) == {"ap50", "ap"}  # the same detector offered only the base names
     assert len(list((out / "predictions").glob("*.png"))) == 2
     state = load_checkpoint(out / "final.pt")
     assert state["kind"] == "detector" and len(state["class_names"]["train"]) == 9
