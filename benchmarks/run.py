@@ -376,6 +376,7 @@ def detector_ap(args) -> None:
         summary = json.loads((run / "run_summary.json").read_text())
         results = json.loads((run / "results.json").read_text())
         out["runs"][name] = {**kw, "run": str(run), "train_seconds": summary["seconds"], "ap50": results["ap50"],
+                             "base_vocabulary_ap50": results.get("base_vocabulary", {}).get("ap50"),
                              "ap": results["ap"]}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=2))
@@ -508,10 +509,11 @@ def markdown(res: dict) -> str:
         if ap.is_file():
             a = json.loads(ap.read_text())
             md += ["", f"AP50 each reaches (`python benchmarks/run.py detector-ap`: {a['steps']} steps from "
-                   f"{a['init']}, same seed):", "", "| RoI sampling | train s | AP50 novel | base | all |",
-                   "|---|---|---|---|---|"]
+                   f"{a['init']}, same seed):", "", "| RoI sampling | train s | AP50 novel | base | all | base AP50, base "
+                   "names only |", "|---|---|---|---|---|---|"]
+            closed = lambda v: "—" if v.get("base_vocabulary_ap50") is None else f"{100 * v['base_vocabulary_ap50']:.1f}"  # noqa: E731
             md += [f"| {k} | {v['train_seconds']:.0f} | {100 * v['ap50']['novel']:.1f} | {100 * v['ap50']['base']:.1f} | "
-                   f"{100 * v['ap50']['all']:.1f} |" for k, v in a["runs"].items()]
+                   f"{100 * v['ap50']['all']:.1f} | {closed(v)} |" for k, v in a["runs"].items()]
         else:
             md += ["", "AP50 of each: not measured yet (`python benchmarks/run.py detector-ap`)."]
         md += [""]

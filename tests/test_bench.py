@@ -72,3 +72,18 @@ def test_detector_ap_resumes_a_killed_run_of_the_same_settings_only(tmp_path):
     assert not bench._same_run(tmp_path, init, 300, bench.DETECTOR_SAMPLING["ours"], finished=False)
     (tmp_path / "results.json").write_text("{}")
     assert bench._same_run(tmp_path, init, 300, kw)
+
+
+def test_detector_ap_table_shows_the_closed_vocabulary_ap_when_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    (tmp_path / "results").mkdir()
+    ap50 = {"novel": 0.01, "base": 0.12, "all": 0.09}
+    (tmp_path / "results" / "bench-detector-ap.json").write_text(json.dumps({"init": "clip.pt", "steps": 300, "runs": {
+        "ours": {"train_seconds": 160, "ap50": ap50, "base_vocabulary_ap50": 0.784},
+        "older record": {"train_seconds": 170, "ap50": ap50}}}))
+    res = {"machine": {"date": "d", "processor": "p", "cores": 2, "torch": "t", "torch_threads": 2, "device": "cpu"},
+           "wall_seconds": 1.0, "detector": [{"sampling": "ours", "box_batch_size_per_image": 32, "sampling_ratio": 0,
+                                              "rpn_post_nms_top_n_train": 200, "step_s": 0.5,
+                                              "relative_step_time": 1.0}]}
+    md = bench.markdown(res)
+    assert "| ours | 160 | 1.0 | 12.0 | 9.0 | 78.4 |" in md and "| older record | 170 | 1.0 | 12.0 | 9.0 | — |" in md
