@@ -26,8 +26,8 @@ BENCH := $(PY) -m regionclip_min.toy_benchmark $(if $(FORCE),--force)
 toy: $(STAMP)  ## the whole toy pipeline, one seed: results/toy/summary.md (FORCE=1 redoes finished steps)
 	$(BENCH) run
 
-toy-seeds: $(STAMP)  ## RegionCLIP + transfer for seeds 0, 1, 2: mean +- std in results/toy/summary.md
-	$(BENCH) seeds
+toy-seeds: $(STAMP)  ## RegionCLIP + transfer for seeds 0, 1, 2: mean +- std in results/toy/summary.md (ROW=<ablation>: that row)
+	$(BENCH) seeds $(if $(ROW),--row $(ROW))
 
 toy-ablations: $(STAMP)  ## the paper's ablations on the toy world: results/toy/ablations.md
 	$(BENCH) ablations

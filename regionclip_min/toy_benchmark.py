@@ -2,6 +2,7 @@
 
     python -m regionclip_min.toy_benchmark run          # make toy:           one seed, the whole pipeline
     python -m regionclip_min.toy_benchmark seeds        # make toy-seeds:     RegionCLIP + transfer for seeds 0, 1, 2
+    python -m regionclip_min.toy_benchmark seeds --row crop-teacher   # the same for an ablation row (summary-<row>.md)
     python -m regionclip_min.toy_benchmark ablations    # make toy-ablations: the paper's ablations, one row each
     python -m regionclip_min.toy_benchmark summary      # only rebuild results/toy/summary.{md,json} from the runs
 
@@ -140,20 +141,34 @@ def zeroshot(b: Bench, ckpt_step: str, name: str, extra: tuple = ()) -> list[Ste
 
 
 # ---- the stages of the benchmark --------------------------------------------------------------------------------
-def pipeline_steps(b: Bench, seeds: tuple = (0,)) -> list[Step]:
-    """The pipeline, critical path first (the runner starts ready steps in this order)."""
+def _names(tag: str, seed: int) -> tuple[str, str]:
+    """(zero-shot result name, transfer name) of RegionCLIP row `tag` ("full" or an ABLATIONS tag) and seed."""
+    return (f"regionclip-s{seed}", "regionclip") if tag == "full" else (f"regionclip-{tag}-s{seed}",
+                                                                           f"regionclip-{tag}")
+
+
+def _extra(tag: str) -> tuple:
+    """The train_pretrain.py arguments of ABLATIONS row `tag` (none for the full model)."""
+    extra = {t: e for t, _, e in ABLATIONS}.get(tag, ())
+    return tuple(",".join(SHAPES) if a == "CLASS_NAMES" else a for a in extra)
+
+
+def pipeline_steps(b: Bench, seeds: tuple = (0,), tag: str = "full") -> list[Step]:
+    """The pipeline, critical path first (the runner starts ready steps in this order); `tag` picks the RegionCLIP
+    row (the full model, or an ABLATIONS row run for several seeds)."""
     steps = [generate(b), stage0(b), rpn(b)]
-    steps += [regionclip(b, seed) for seed in seeds]
-    steps += [transfer(b, f"regionclip-full-s{seed}", "regionclip", seed) for seed in seeds]
+    steps += [regionclip(b, seed, tag, _extra(tag)) for seed in seeds]
+    steps += [transfer(b, f"regionclip-{tag}-s{seed}", _names(tag, seed)[1], seed) for seed in seeds]
     steps += [transfer(b, "stage0", "clip", seed) for seed in seeds]
     steps += zeroshot(b, "stage0", "clip")
-    steps += [s for seed in seeds for s in zeroshot(b, f"regionclip-full-s{seed}", f"regionclip-s{seed}")]
+    steps += [s for seed in seeds for s in zeroshot(b, f"regionclip-{tag}-s{seed}", _names(tag, seed)[0])]
     return steps
 
 
-def run_pipeline(b: Bench, seeds: tuple = (0,)) -> None:
-    b.run(pipeline_steps(b, seeds))
-    pictures(b, b.runs / "clip" / "final.pt", _rc_dir(b, "full", seeds[0]) / "final.pt", seeds[0])
+def run_pipeline(b: Bench, seeds: tuple = (0,), tag: str = "full") -> None:
+    b.run(pipeline_steps(b, seeds, tag))
+    if tag == "full":  # the README's pictures show the paper's model
+        pictures(b, b.runs / "clip" / "final.pt", _rc_dir(b, "full", seeds[0]) / "final.pt", seeds[0])
 
 
 ABLATIONS = [  # (tag, what, extra train_pretrain.py args); the full model is regionclip-full-s0
@@ -184,9 +199,8 @@ TRANSFER_ABLATIONS = ("crop-teacher", "crop-teacher-lr3e-5")  # rows that also g
 def run_ablations(b: Bench) -> None:
     steps = pipeline_steps(b, seeds=(0,))
     rows = sorted(ABLATIONS, key=lambda r: r[0] not in LONG_ABLATIONS)  # the long ones first: a shorter tail
-    for tag, _, extra in rows:
-        extra = tuple(",".join(SHAPES) if a == "CLASS_NAMES" else a for a in extra)
-        steps += [regionclip(b, 0, tag, extra), *zeroshot(b, f"regionclip-{tag}-s0", f"regionclip-{tag}-s0")]
+    for tag, _, _ in rows:
+        steps += [regionclip(b, 0, tag, _extra(tag)), *zeroshot(b, f"regionclip-{tag}-s0", f"regionclip-{tag}-s0")]
         if tag in TRANSFER_ABLATIONS:
             steps.append(transfer(b, f"regionclip-{tag}-s0", f"regionclip-{tag}", 0))
     steps += [transfer(b, "regionclip-full-s0", "regionclip-nofocal", 0, ("--focal_gamma", "0", "--background_weight",
@@ -236,20 +250,23 @@ def _fmt(s: dict) -> str:
     return f"{s['mean']:.1f}" + (f" ± {s['std']:.1f}" if s["n"] > 1 else "")
 
 
-def summarize(b: Bench) -> dict:
-    """results/toy/summary.{json,md} from whatever runs exist; prints the markdown."""
+def summarize(b: Bench, tag: str = "full") -> dict:
+    """results/toy/summary.{json,md} (summary-<tag>.* for an ABLATIONS row run for several seeds) from whatever runs
+    exist; prints the markdown."""
     zs = b.results / "zeroshot"
+    zs_name, det_name = (lambda s: _names(tag, s)[0]), (lambda s: f"det-{_names(tag, s)[1]}-s{s}")
+    what = "" if tag == "full" else f", RegionCLIP row '{tag}': {dict((t, w) for t, w, _ in ABLATIONS)[tag]}"
     clip_gt, clip_rpn = _load(zs / "clip-gt.json"), _load(zs / "clip-rpn.json")
     if clip_gt is None:
         raise SystemExit(f"no {zs / 'clip-gt.json'} yet: run `make toy` first")
     whole, region = 100 * clip_gt["whole_image_top1"]["accuracy"], 100 * clip_gt["gt_box_top1"]["all"]
     fig1b = {"whole_image_top1": whole, "gt_box_top1": region, "gap": whole - region,
              "whole_image_target_met": whole >= 70.0, "gap_target_met": whole - region >= 20.0}
-    seeds = [s for s in b.seeds if (b.runs / f"det-regionclip-s{s}" / "results.json").is_file()
-             and (zs / f"regionclip-s{s}-gt.json").is_file()]
+    seeds = [s for s in b.seeds if (b.runs / det_name(s) / "results.json").is_file()
+             and (zs / f"{zs_name(s)}-gt.json").is_file()]
     clip_rows = [_row(clip_gt, clip_rpn, _load(b.runs / f"det-clip-s{s}" / "results.json")) for s in seeds]
-    rc_rows = [_row(_load(zs / f"regionclip-s{s}-gt.json"), _load(zs / f"regionclip-s{s}-rpn.json"),
-                    _load(b.runs / f"det-regionclip-s{s}" / "results.json")) for s in seeds]
+    rc_rows = [_row(_load(zs / f"{zs_name(s)}-gt.json"), _load(zs / f"{zs_name(s)}-rpn.json"),
+                    _load(b.runs / det_name(s) / "results.json")) for s in seeds]
     clip_s, rc_s = _stats(clip_rows), _stats(rc_rows)
     verdict = {}
     for col in clip_s:
@@ -258,14 +275,15 @@ def summarize(b: Bench) -> dict:
         verdict[col] = {"regionclip_minus_clip": diff, "seed_std": spread,
                         "beats_by_more_than_std": bool(diff > spread) if not math.isnan(spread) else None}
     timings = _load(b.results / "timings.json") or {}
-    summary = {"world": b.world, "budget": b.budget, "seeds": seeds, "amp": {
+    summary = {"world": b.world, "budget": b.budget, "seeds": seeds, "row": tag, "amp": {
                    "stage0": _amp_used(b.runs / "clip"),
-                   "regionclip": _amp_used(_rc_dir(b, "full", seeds[0])) if seeds else "?"}, "fig1b": fig1b, "clip": clip_s, "regionclip": rc_s,
+                   "regionclip": _amp_used(_rc_dir(b, tag, seeds[0])) if seeds else "?"}, "fig1b": fig1b, "clip": clip_s, "regionclip": rc_s,
                "per_seed": {"clip": clip_rows, "regionclip": rc_rows}, "verdict": verdict, "timings": timings,
                "machine": machine()}
-    (b.results / "summary.json").write_text(json.dumps(summary, indent=2))
+    stem = "summary" if tag == "full" else f"summary-{tag}"
+    (b.results / f"{stem}.json").write_text(json.dumps(summary, indent=2))
     md = [f"# Toy benchmark: CLIP vs RegionCLIP ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}: "
-          f"{', '.join(map(str, seeds)) or 'none finished'})", "",
+          f"{', '.join(map(str, seeds)) or 'none finished'}{what})", "",
           "## Stage 0 reproduces Fig. 1(b)?", "",
           "| stage-0 CLIP | top-1 | target |", "|---|---|---|",
           f"| whole object-centric val images | {whole:.1f} | ≥ 70: {'met' if fig1b['whole_image_target_met'] else 'NOT met'} |",
@@ -283,10 +301,10 @@ def summarize(b: Bench) -> dict:
               f"{g.replace('_', ' ')} {k}" for g, k in COLUMNS if verdict[f"{g}.{k}"]["beats_by_more_than_std"])
               or "nowhere") if len(seeds) > 1 else "not known from one seed (make toy-seeds)") + ".", "",
           f"Budget: {b.budget}; world: {b.world}; pretraining precision (train_pretrain.py --amp {AMP}): stage 0 "
-          f"{_amp_used(b.runs / 'clip')}, RegionCLIP {_amp_used(_rc_dir(b, 'full', seeds[0]) if seeds else b.runs)}.",
+          f"{_amp_used(b.runs / 'clip')}, RegionCLIP {_amp_used(_rc_dir(b, tag, seeds[0]) if seeds else b.runs)}.",
           ""]
-    md += _closed_vocabulary_section(b, seeds)
-    md += _named_as_section(b, clip_gt, _load(zs / f"regionclip-s{seeds[0]}-gt.json") if seeds else None)
+    md += _closed_vocabulary_section(b, seeds, det_name)
+    md += _named_as_section(b, clip_gt, _load(zs / f"{zs_name(seeds[0])}-gt.json") if seeds else None)
     md += ["## Step times", "", "| step | seconds |", "|---|---|"]
     md += [f"| {k} | {v['seconds']} |" for k, v in timings.items() if not k.startswith("_")]
     for call in timings.get("_calls", [])[-3:]:
@@ -295,17 +313,18 @@ def summarize(b: Bench) -> dict:
                   f"PSS over its processes), largest process {call['peak_process_rss_mb']} MB RSS.")
     md += ["", f"Machine: {summary['machine']}"]
     text = "\n".join(md) + "\n"
-    (b.results / "summary.md").write_text(text)
+    (b.results / f"{stem}.md").write_text(text)
     print(text)
     return summary
 
 
-def _closed_vocabulary_section(b: Bench, seeds: list[int]) -> list[str]:
+def _closed_vocabulary_section(b: Bench, seeds: list[int], rc_det_name) -> list[str]:
     """Markdown: each transfer's base AP50 with the whole vocabulary (the table's) and with the base names only
-    (train_detect.py's base_vocabulary): how much the novel names take from base objects; [] if not recorded."""
+    (train_detect.py's base_vocabulary): how much the novel names take from base objects; [] if not recorded.
+    rc_det_name(seed): the run folder of the RegionCLIP transfer."""
     rows = []
-    for name, label in (("clip", "CLIP (stage 0)"), ("regionclip", "RegionCLIP")):
-        res = [_load(b.runs / f"det-{name}-s{s}" / "results.json") or {} for s in seeds]
+    for det_name, label in ((lambda s: f"det-clip-s{s}", "CLIP (stage 0)"), (rc_det_name, "RegionCLIP")):
+        res = [_load(b.runs / det_name(s) / "results.json") or {} for s in seeds]
         if not res or not all("base_vocabulary" in r for r in res):
             return []
         stat = _stats([{"open": {"b": 100 * r["ap50"]["base"]}, "closed": {"b": 100 * r["base_vocabulary"]["ap50"]}}
@@ -419,10 +438,15 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of `seeds` (default %(default)s)")
     p.add_argument("--jobs", type=int, default=JOBS, help="steps run side by side, each with cores/jobs threads "
                    "(default %(default)s; 1: one after the other, each progress bar on the terminal)")
+    p.add_argument("--row", default="full", choices=("full", *(t for t, _, _ in ABLATIONS)),
+                   help="seeds / summary: the RegionCLIP row run for every seed, 'full' (the paper's model, "
+                   "results/toy/summary.md) or an ablation row (results/toy/summary-<row>.md) (default %(default)s)")
     args = p.parse_args(argv)
     t0 = time.time()
     if args.jobs < 1:
         raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
+    if args.row != "full" and args.what not in ("seeds", "summary"):
+        raise SystemExit(f"--row {args.row}: only for `seeds` and `summary` (run and ablations use the full model)")
     b = Bench(force=args.force, data=Path(args.data), runs=Path(args.runs), results=Path(args.results),
               world=_key_values(args.world, WORLD), budget=_key_values(args.budget, BUDGET),
               seeds=tuple(int(x) for x in args.seeds.split(",") if x.strip()), jobs=args.jobs)
@@ -430,10 +454,10 @@ def main(argv=None) -> None:
     if args.what == "run":
         run_pipeline(b)
     elif args.what == "seeds":
-        run_pipeline(b, seeds=b.seeds)
+        run_pipeline(b, seeds=b.seeds, tag=args.row)
     elif args.what == "ablations":
         run_ablations(b)
-    summarize(b)
+    summarize(b, args.row if args.what in ("seeds", "summary") else "full")
     print(f"{args.what}: {time.time() - t0:.0f} s in this call")
 
 

@@ -4,6 +4,8 @@ redrawn."""
 import json
 import os
 
+import pytest
+
 from regionclip_min import toy_benchmark
 
 
@@ -42,3 +44,22 @@ def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path,
     os.utime(ckpt, (drawn + 10, drawn + 10))  # as after a fresh clone: runs newer than the committed pictures
     toy_benchmark.main(["run", *args])
     assert (res / "regions.png").stat().st_mtime > drawn and (res / "detections.png").stat().st_mtime > drawn
+
+
+def test_an_ablation_row_runs_for_several_seeds_with_its_own_summary(tmp_path):
+    args = ["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
+            "--world", "num_train=72,num_val=16",
+            "--budget", "stage0_steps=2,rpn_steps=2,regionclip_steps=2,detector_steps=2", "--seeds", "0,1"]
+    toy_benchmark.main(["seeds", "--row", "random-boxes", *args])
+    res, runs = tmp_path / "res", tmp_path / "runs"
+    cfg = json.loads((runs / "regionclip-random-boxes-s1" / "config.json").read_text())
+    assert cfg["proposals"] == "random" and cfg["seed"] == 1  # the row's own arguments, each seed
+    assert (runs / "det-regionclip-random-boxes-s1" / "results.json").is_file()
+    assert not (runs / "regionclip-full-s0").exists()  # the full model is not trained for this row
+    summary = json.loads((res / "summary-random-boxes.json").read_text())
+    assert summary["row"] == "random-boxes" and summary["seeds"] == [0, 1]
+    assert summary["regionclip"]["gt_top1.all"]["n"] == 2
+    assert "random boxes instead of RPN proposals" in (res / "summary-random-boxes.md").read_text()
+    assert not (res / "summary.md").exists()
+    with pytest.raises(SystemExit, match="only for"):
+        toy_benchmark.main(["run", "--row", "random-boxes", *args])
