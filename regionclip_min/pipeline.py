@@ -44,6 +44,12 @@ class Step:
     threads: int | None = None  # a fixed thread count, never raised (float rounding independent of the schedule)
 
 
+def _holds_run(run_dir: Path) -> bool:
+    """A run folder an earlier (perhaps killed) run wrote to: resumed from its newest checkpoint, or from step 0
+    when it was killed before the first one (the scripts then drop its log lines and start again)."""
+    return (run_dir / "metrics.jsonl").exists() or (run_dir / "final.pt").exists() or any(run_dir.glob("ckpt_*.pt"))
+
+
 class Runner:
     """Runs Steps as subprocesses, skipping those whose output exists, and records wall times and peak memory."""
 
@@ -59,7 +65,7 @@ class Runner:
         args = [str(a) for a in s.cmd]
         if s.run_dir is not None:
             args += ["--overwrite", "true"] if self.force else (
-                ["--resume", "true"] if any(Path(s.run_dir).glob("ckpt_*.pt")) else [])
+                ["--resume", "true"] if _holds_run(Path(s.run_dir)) else [])
         return args
 
     def run(self, steps: list[Step]) -> None:

@@ -114,3 +114,18 @@ def test_tree_memory_counts_children(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.parametrize("left, flag", [((), []), (("metrics.jsonl",), ["--resume", "true"]),
+                                        (("metrics.jsonl", "ckpt_0000100.pt"), ["--resume", "true"])])
+def test_a_run_folder_left_by_a_killed_run_is_resumed(tmp_path, left, flag):
+    # a run killed before its first checkpoint leaves only metrics.jsonl; without --resume the script would refuse
+    # the folder, and the whole benchmark would stop there
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in left:
+        (run_dir / name).write_text("")
+    step = Step("train", "a training run", tmp_path / "out", ["train.py", "--out_dir", str(run_dir)], run_dir=run_dir)
+    args = Runner(tmp_path / "res")._args(step)
+    assert args == ["train.py", "--out_dir", str(run_dir)] + flag
+    assert Runner(tmp_path / "res2", force=True)._args(step)[-2:] == ["--overwrite", "true"]
