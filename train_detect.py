@@ -77,6 +77,9 @@ class DetectConfig:
     pretrained: str | None = field(default=None, metadata={"help": "open_clip tag or weights file if init is None"})
     templates: str = field(default="ensemble", metadata={"help": "class-name prompts: 'ensemble' or 'single'"})
     tau: float = field(default=0.01, metadata={"help": "classifier temperature (paper 0.01)"})
+    tau_from_init: bool = field(default=False, metadata={"help": "classifier temperature = the loaded CLIP's own "
+                                "1/exp(logit_scale), replacing --tau: 0.01 for OpenAI's CLIP (the paper's value), "
+                                "~0.057 for the toy CLIP (toy preset)"})
     focal_gamma: float = field(default=0.5, metadata={"help": "focal scaling gamma (COCO 0.5; 0 = plain CE)"})
     background_weight: float = field(default=0.2, metadata={"help": "CE weight of background RoIs (COCO 0.2)"})
     rpn: str = field(default="joint", metadata={"help": "'joint': RPN trained with the detector (torchvision's "
@@ -136,8 +139,9 @@ PRESETS = {
     "toy-rpn": dict(_doc="class-agnostic RPN on the toy base boxes, from the stage-0 CLIP (offline RPN, proposals)",
                     task="rpn", init="runs/toy-clip/final.pt", lr=1e-3, new_layers_lr_mult=1.0, max_steps=600,
                     batch_size=8, warmup_steps=50, out_dir="runs/toy-rpn"),
-    "toy": dict(_doc="open-vocabulary detection on the toy world from the RegionCLIP checkpoint (9 base -> 12)",
-                task="detector", init="runs/toy/final.pt", lr=4e-4, max_steps=600, batch_size=8,
+    "toy": dict(_doc="open-vocabulary detection on the toy world from the RegionCLIP checkpoint (9 base -> 12); the "
+                "classifier at the toy CLIP's own temperature, as the paper's 0.01 is OpenAI CLIP's own",
+                task="detector", init="runs/toy/final.pt", lr=4e-4, max_steps=600, batch_size=8, tau_from_init=True,
                 out_dir="runs/toy-det"),
     "coco-ovd-rn50": dict(_doc="paper: COCO 48/17, RN50, SGD lr 0.002, batch 16, 90k iters, 640-800 / 800 px",
                           task="detector", model_name="RN50", init="runs/rn50-coco/final.pt",
@@ -239,6 +243,9 @@ def build(cfg, train: DetectionDataset, val: DetectionDataset, device) -> tuple[
     """The model to train and the checkpoint fields that rebuild it (detector.load_detector / load_rpn)."""
     weights = cfg.init if cfg.init is not None else cfg.pretrained
     clip, tokenizer = load_clip(cfg.model_name, weights, device=device)
+    if cfg.task == "detector" and cfg.tau_from_init:  # resolved here, so config.json and the checkpoint record it
+        cfg.tau = 1.0 / float(clip.logit_scale.detach().exp())
+        print(f"classifier temperature: the loaded CLIP's own, tau = 1/{1 / cfg.tau:.2f} = {cfg.tau:.4f}")
     if cfg.task == "rpn":
         model = ProposalNetwork(clip.visual, **rpn_kwargs(cfg))
         return model, {"kind": "rpn", "rpn_kwargs": rpn_kwargs(cfg)}
@@ -398,6 +405,7 @@ def run_training(cfg, out: Path, device) -> Path:
         raise SystemExit(f"{cfg.train_json}: first image not found under {train.image_root}; is --image_root right?")
     torch.manual_seed(cfg.seed)
     model, meta = build(cfg, train, val, device)
+    (out / "config.json").write_text(format_config(cfg))  # again: build() resolves --tau_from_init
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -34,6 +34,10 @@ def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path,
     assert md.index("(novel) |") < md.index("| circle |")  # novel categories come first
     assert "base names only |" in md and md.count("| CLIP (stage 0) |") == 2  # the closed-vocabulary table
     assert (res / "regions.png").stat().st_size > 0 and (res / "detections.png").stat().st_size > 0
+    # both transfers classify at the stage-0 CLIP's own temperature, not the literal 0.01 of OpenAI's CLIP
+    taus = {json.loads((tmp_path / "runs" / f"det-{m}-s0" / "config.json").read_text())["tau"]
+            for m in ("clip", "regionclip")}
+    assert len(taus) == 1 and taus.pop() != pytest.approx(0.01)
     capsys.readouterr()
     toy_benchmark.main(["run", *args])  # everything exists: nothing is redone
     printed = capsys.readouterr().out
@@ -63,3 +67,17 @@ def test_an_ablation_row_runs_for_several_seeds_with_its_own_summary(tmp_path):
     assert not (res / "summary.md").exists()
     with pytest.raises(SystemExit, match="only for"):
         toy_benchmark.main(["run", "--row", "random-boxes", *args])
+
+
+def test_ablations_table_holds_every_row_and_the_transfer_tau_rows(tmp_path):
+    b = toy_benchmark.Bench(runs=tmp_path / "runs", results=tmp_path / "res")
+    ap = {"ap50": {"novel": 0.5, "base": 0.8, "all": 0.75}}
+    for name in ("det-clip-tau0.01-s0", "det-regionclip-tau0.01-s0"):
+        (b.runs / name).mkdir(parents=True)
+        (b.runs / name / "results.json").write_text(json.dumps(ap))
+    toy_benchmark.write_ablations(b)
+    md = (b.results / "ablations.md").read_text()
+    assert all(what in md for _, what, _ in toy_benchmark.ABLATIONS)
+    tau_rows = [line for line in md.splitlines() if "tau = 0.01 (the paper's number" in line]
+    assert len(tau_rows) == 2 and all(line.endswith("| 50.0 | 80.0 | 75.0 |") for line in tau_rows)
+    assert "| **RegionCLIP, full model** | — |" in md  # runs that did not happen read as —, not as numbers

@@ -63,6 +63,12 @@ def test_toy_detector_trains_evaluates_and_reloads(toy_world, stage0_run, tmp_pa
     assert len(list((out / "predictions").glob("*.png"))) == 2
     state = load_checkpoint(out / "final.pt")
     assert state["kind"] == "detector" and len(state["class_names"]["train"]) == 9
+    # the toy preset's classifier runs at the stage-0 CLIP's own temperature, recorded where the run is rebuilt from
+    own_tau = 1.0 / float(load_checkpoint(stage0_run / "final.pt")["model"]["logit_scale"].exp())
+    assert own_tau != pytest.approx(0.01)
+    assert state["detector_kwargs"]["tau"] == pytest.approx(own_tau)
+    assert json.loads((out / "config.json").read_text())["tau"] == pytest.approx(own_tau)
+    assert "the loaded CLIP's own" in printed
     assert len(state["class_names"]["test"]) == 12 and state["class_embeddings"]["test"].shape == (12, 64)
     # the saved detector reloads with either vocabulary and detects with labels in range
     det = load_detector(out / "final.pt", vocabulary="test")
@@ -148,6 +154,7 @@ def test_coco_preset_builds_and_runs_one_step_on_cpu(toy_world, tmp_path):
     state = load_checkpoint(out / "final.pt")
     assert state["config"]["lr"] == 0.002 and state["config"]["max_steps"] == 1
     assert state["detector_kwargs"]["focal_gamma"] == 0.5 and state["detector_kwargs"]["background_weight"] == 0.2
+    assert state["detector_kwargs"]["tau"] == 0.01  # the paper's value, whatever the (random) weights' logit_scale
     assert state["class_embeddings"]["train"].shape[1] == 1024  # RN50's embedding width
     assert len(train_detect.COCO_OVD_BASE) == 48 and len(train_detect.COCO_OVD_NOVEL) == 17
 
