@@ -114,6 +114,12 @@ def set_rng_state(state: dict) -> None:
 RUN_FILES = ("final.pt", "metrics.jsonl", "results.json", "run_summary.json")  # besides ckpt_*.pt
 
 
+def run_files(out_dir) -> list[Path]:
+    """The files of a run in `out_dir` (its step checkpoints and RUN_FILES): empty for a folder no run wrote to."""
+    out = Path(out_dir)
+    return sorted(out.glob("ckpt_*.pt")) + [out / n for n in RUN_FILES if (out / n).exists()]
+
+
 def _process_start(pid: int) -> str | None:
     """The start time of process `pid` (Linux /proc, in clock ticks since boot), or None where it cannot be read;
     it tells a live lock holder from an unrelated process that was given the same pid later."""
@@ -205,7 +211,7 @@ def claim_out_dir(out_dir, *, resume: bool, overwrite: bool, command: str = "") 
     for tmp in out.glob(".*.tmp"):  # temporaries of a run killed in the middle of a write
         tmp.unlink(missing_ok=True)
         print(f"removed {tmp}, a half-written file of a killed run")
-    existing = sorted(out.glob("ckpt_*.pt")) + [out / n for n in RUN_FILES if (out / n).exists()]
+    existing = run_files(out)
     if existing and not resume:
         if not overwrite:
             claimed.release()

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from regionclip_min.checkpoint import run_files
 from regionclip_min.runtime import THREADS_FILE_ENV, write_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,12 +43,6 @@ class Step:
     run_dir: Path | None = None  # a training run: resumed if it holds checkpoints, --overwrite with force
     after: tuple = ()  # names of the steps this one needs
     threads: int | None = None  # a fixed thread count, never raised (float rounding independent of the schedule)
-
-
-def _holds_run(run_dir: Path) -> bool:
-    """A run folder an earlier (perhaps killed) run wrote to: resumed from its newest checkpoint, or from step 0
-    when it was killed before the first one (the scripts then drop its log lines and start again)."""
-    return (run_dir / "metrics.jsonl").exists() or (run_dir / "final.pt").exists() or any(run_dir.glob("ckpt_*.pt"))
 
 
 class Runner:
@@ -65,7 +60,9 @@ class Runner:
         args = [str(a) for a in s.cmd]
         if s.run_dir is not None:
             args += ["--overwrite", "true"] if self.force else (
-                ["--resume", "true"] if _holds_run(Path(s.run_dir)) else [])
+                # a folder an earlier (perhaps killed) run wrote to, as the script's own check sees it: resumed
+                # from its newest checkpoint, or from step 0 if it was killed before the first one
+                ["--resume", "true"] if run_files(s.run_dir) else [])
         return args
 
     def run(self, steps: list[Step]) -> None:

@@ -206,8 +206,8 @@ def run_ablations(b: Bench) -> None:
     steps += [transfer(b, "regionclip-full-s0", "regionclip-nofocal", 0, ("--focal_gamma", "0", "--background_weight",
                                                                            "1.0")),
               # the classifier at the paper's literal tau = 0.01 (OpenAI CLIP's own) instead of the toy CLIP's own
-              transfer(b, "stage0", "clip-tau0.01", 0, ("--tau_from_init", "false", "--tau", "0.01")),
-              transfer(b, "regionclip-full-s0", "regionclip-tau0.01", 0, ("--tau_from_init", "false", "--tau", "0.01")),
+              *(transfer(b, init, f"{name}-tau0.01", 0, ("--tau_from_init", "false", "--tau", "0.01"))
+                for init, name in (("stage0", "clip"), ("regionclip-full-s0", "regionclip"))),
               *zeroshot(b, "stage0", "clip-native-128", ("--scale", "1.0")),
               *zeroshot(b, "stage0", "clip-crop", ("--region_encoder", "crop"))]
     b.run(steps)
