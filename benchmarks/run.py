@@ -6,6 +6,7 @@
     python benchmarks/run.py detector-ap     # the long part of section 5: train the toy detector with each RoI
                                              # sampling setting and evaluate (not in make bench: ~5 min per row
                                              # on 2 idle cores; the 'ours' row is read from make toy's transfer)
+    python benchmarks/run.py detector-ap --seeds 0,1,2   # the same per seed: the table gives mean +- std
     python benchmarks/run.py render          # bench.md again from bench.json, measuring nothing (e.g. to add
                                              # the AP50 table once detector-ap has finished)
 
@@ -338,9 +339,10 @@ def bench_detector(device, quick: bool, world: Path) -> list[dict]:
 
 
 def detector_ap(args) -> None:
-    """The long half of section 5: train the toy detector from the stage-0 CLIP with each RoI sampling setting (same
-    seed, steps and data as make toy's transfer) and record the AP50 each reaches in results/bench-detector-ap.json.
-    A setting whose run finished before is read, not redone."""
+    """The long half of section 5: train the toy detector from the stage-0 CLIP with each RoI sampling setting and
+    each seed (same steps and data as make toy's transfer) and record the AP50 each reaches in
+    results/bench-detector-ap.json, per seed. A finished run of the same setting and seed is read, not redone; a
+    killed one goes on from its last checkpoint."""
     init = Path(args.init)
     if not init.is_file():
         raise SystemExit(f"{init} not found: run `make toy` first (it trains the stage-0 CLIP), or pass --init")
@@ -348,49 +350,92 @@ def detector_ap(args) -> None:
     unknown = [n for n in names if n not in DETECTOR_SAMPLING]
     if unknown:
         raise SystemExit(f"--settings: unknown {unknown}; choose from {list(DETECTOR_SAMPLING)} (';'-separated)")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds takes integers like 0,1,2, got {args.seeds!r}") from None
     path = Path(args.out) / "bench-detector-ap.json"
-    out = json.loads(path.read_text()) if path.is_file() else {}
+    out = _read_detector_ap(path)
     if out.get("init") != str(init) or out.get("steps") != args.steps:
         out = {"init": str(init), "steps": args.steps, "runs": {}}
     for name in names:
         kw = DETECTOR_SAMPLING[name]
-        run = Path(args.runs) / ("det-sampling-" + "".join(c if c.isalnum() else "-" for c in name))
-        reuse = name == "ours" and _same_run(Path(args.ours_run), init, args.steps, kw)
-        if reuse:
-            run = Path(args.ours_run)  # make toy's CLIP transfer is this very run: read it, do not redo it
-        if (reuse or name in out["runs"]) and (run / "results.json").is_file():
-            print(f"{name}: read from {run}")
-        else:
-            cmd = [sys.executable, "train_detect.py", "--preset", "toy", "--init", str(init), "--train_json",
-                   str(Path(args.data) / "instances_train_base.json"), "--val_json",
-                   str(Path(args.data) / "instances_val_all.json"), "--out_dir", str(run), "--max_steps",
-                   str(args.steps), "--warmup_steps", "30", "--box_batch_size_per_image",
-                   str(kw["box_batch_size_per_image"]), "--roi_sampling_ratio", str(kw["sampling_ratio"]),
-                   "--rpn_post_nms_top_n_train", str(kw["rpn_post_nms_top_n_train"]), "--rpn_pre_nms_top_n_train",
-                   str(kw["rpn_pre_nms_top_n_train"]), "--ckpt_every", str(DETECTOR_AP_CKPT_EVERY),
-                   # a killed run of the same settings goes on from its last checkpoint; other settings start again
-                   *(["--resume", "true"] if _same_run(run, init, args.steps, kw, finished=False)
-                     else ["--overwrite", "true"])]
-            print("$", " ".join(cmd[1:]), flush=True)
-            subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        summary = json.loads((run / "run_summary.json").read_text())
-        results = json.loads((run / "results.json").read_text())
-        out["runs"][name] = {**kw, "run": str(run), "train_seconds": summary["seconds"], "ap50": results["ap50"],
-                             "base_vocabulary_ap50": results.get("base_vocabulary", {}).get("ap50"),
-                             "ap": results["ap"]}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
+        for seed in seeds:
+            slug = "".join(c if c.isalnum() else "-" for c in name)
+            run = Path(args.runs) / (f"det-sampling-{slug}" + (f"-s{seed}" if seed else ""))
+            ours = Path(args.ours_run.format(seed=seed))
+            if name == "ours" and _same_run(ours, init, args.steps, kw, seed):
+                run = ours  # make toy's CLIP transfer of this seed is this very run: read it, do not redo it
+            if _same_run(run, init, args.steps, kw, seed):
+                print(f"{name}, seed {seed}: read from {run}")
+            else:
+                cmd = [sys.executable, "train_detect.py", "--preset", "toy", "--init", str(init), "--train_json",
+                       str(Path(args.data) / "instances_train_base.json"), "--val_json",
+                       str(Path(args.data) / "instances_val_all.json"), "--out_dir", str(run), "--max_steps",
+                       str(args.steps), "--warmup_steps", "30", "--seed", str(seed), "--box_batch_size_per_image",
+                       str(kw["box_batch_size_per_image"]), "--roi_sampling_ratio", str(kw["sampling_ratio"]),
+                       "--rpn_post_nms_top_n_train", str(kw["rpn_post_nms_top_n_train"]), "--rpn_pre_nms_top_n_train",
+                       str(kw["rpn_pre_nms_top_n_train"]), "--ckpt_every", str(DETECTOR_AP_CKPT_EVERY),
+                       # a killed run of the same setting and seed goes on from its last checkpoint; others start again
+                       *(["--resume", "true"] if _same_run(run, init, args.steps, kw, seed, finished=False)
+                         else ["--overwrite", "true"])]
+                print("$", " ".join(cmd[1:]), flush=True)
+                subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            summary = json.loads((run / "run_summary.json").read_text())
+            results = json.loads((run / "results.json").read_text())
+            row = out["runs"].setdefault(name, {**kw, "seeds": {}})
+            row["seeds"][str(seed)] = {"run": str(run), "train_seconds": summary["seconds"], "ap50": results["ap50"],
+                                       "base_vocabulary_ap50": results.get("base_vocabulary", {}).get("ap50"),
+                                       "ap": results["ap"]}
+            # the same setting read again may name other seeds: keep them in seed order
+            row["seeds"] = dict(sorted(row["seeds"].items(), key=lambda kv: int(kv[0])))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(out, indent=2))
+    print(detector_ap_table(out))
 
 
-def _same_run(run: Path, init: Path, steps: int, kw: dict, finished: bool = True) -> bool:
+def _read_detector_ap(path: Path) -> dict:
+    """results/bench-detector-ap.json, with a record from before seeds (one run per setting, seed 0) read as seed 0."""
+    if not path.is_file():
+        return {}
+    try:
+        out = json.loads(path.read_text())
+    except ValueError as e:
+        raise SystemExit(f"{path}: not valid JSON ({e}); move it away to start the AP50 record again") from None
+    for name, row in out.get("runs", {}).items():
+        if "seeds" not in row:
+            keep = ("run", "train_seconds", "ap50", "base_vocabulary_ap50", "ap")
+            out["runs"][name] = {**{k: v for k, v in row.items() if k not in keep},
+                                 "seeds": {"0": {k: row[k] for k in keep if k in row}}}
+    return out
+
+
+def detector_ap_table(a: dict) -> str:
+    """Section 5's AP50 table: mean ± sample std over the seeds recorded for each setting (n beside it)."""
+    def cell(vals):
+        vals = [100 * v for v in vals if v is not None]
+        if not vals:
+            return "—"
+        return f"{statistics.fmean(vals):.1f}" + (f" ± {statistics.stdev(vals):.1f}" if len(vals) > 1 else "")
+    md = [f"AP50 each reaches (`python benchmarks/run.py detector-ap`: {a['steps']} steps from {a['init']}; mean ± "
+          "std over the seeds listed):", "", "| RoI sampling | seeds | train s | AP50 novel | base | all | base AP50, "
+          "base names only |", "|---|---|---|---|---|---|---|"]
+    for name, row in a["runs"].items():
+        s = list(row["seeds"].values())
+        md.append(f"| {name} | {','.join(row['seeds'])} | {statistics.fmean(r['train_seconds'] for r in s):.0f} | "
+                  + " | ".join(cell([r["ap50"][k] for r in s]) for k in ("novel", "base", "all"))
+                  + f" | {cell([r.get('base_vocabulary_ap50') for r in s])} |")
+    return "\n".join(md)
+
+
+def _same_run(run: Path, init: Path, steps: int, kw: dict, seed: int = 0, finished: bool = True) -> bool:
     """Whether `run` (a train_detect.py run, finished unless `finished` is False) is the toy transfer from `init`
-    with these sampling settings."""
+    with these sampling settings and this seed."""
     try:
         cfg = json.loads((run / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return (Path(str(cfg.get("init"))) == init and cfg.get("max_steps") == steps and cfg.get("seed") == 0
+    return (Path(str(cfg.get("init"))) == init and cfg.get("max_steps") == steps and cfg.get("seed") == seed
             and cfg.get("box_batch_size_per_image") == kw["box_batch_size_per_image"]
             and cfg.get("roi_sampling_ratio", 0) == kw["sampling_ratio"]
             and cfg.get("rpn_post_nms_top_n_train") == kw["rpn_post_nms_top_n_train"]
@@ -507,13 +552,7 @@ def markdown(res: dict) -> str:
                for r in res["detector"]]
         ap = ROOT / "results" / "bench-detector-ap.json"
         if ap.is_file():
-            a = json.loads(ap.read_text())
-            md += ["", f"AP50 each reaches (`python benchmarks/run.py detector-ap`: {a['steps']} steps from "
-                   f"{a['init']}, same seed):", "", "| RoI sampling | train s | AP50 novel | base | all | base AP50, base "
-                   "names only |", "|---|---|---|---|---|---|"]
-            closed = lambda v: "—" if v.get("base_vocabulary_ap50") is None else f"{100 * v['base_vocabulary_ap50']:.1f}"  # noqa: E731
-            md += [f"| {k} | {v['train_seconds']:.0f} | {100 * v['ap50']['novel']:.1f} | {100 * v['ap50']['base']:.1f} | "
-                   f"{100 * v['ap50']['all']:.1f} | {closed(v)} |" for k, v in a["runs"].items()]
+            md += ["", detector_ap_table(_read_detector_ap(ap))]
         else:
             md += ["", "AP50 of each: not measured yet (`python benchmarks/run.py detector-ap`)."]
         md += [""]
@@ -568,8 +607,11 @@ def main(argv=None) -> dict:
     p.add_argument("--init", default="runs/toy-bench/clip/final.pt", help="detector-ap: the stage-0 CLIP")
     p.add_argument("--data", default="data/toy", help="detector-ap: the toy world")
     p.add_argument("--runs", default="runs/bench", help="detector-ap: run folders")
-    p.add_argument("--ours_run", default="runs/toy-bench/det-clip-s0", help="detector-ap: make toy's CLIP transfer, "
-                   "read as the 'ours' row when it is that same run (default %(default)s)")
+    p.add_argument("--ours_run", default="runs/toy-bench/det-clip-s{seed}", help="detector-ap: make toy's (and make "
+                   "toy-seeds') CLIP transfer of each seed, read as the 'ours' row when it is that same run "
+                   "(default %(default)s)")
+    p.add_argument("--seeds", default="0", help="detector-ap: ','-separated training seeds of every setting (default "
+                   "%(default)s; make toy-seeds trains 'ours' for 0,1,2)")
     p.add_argument("--steps", type=int, default=300, help="detector-ap: training steps of each run (default "
                    "%(default)s, make toy's transfer)")
     p.add_argument("--settings", default="ours;ours, sampling_ratio 2", help="detector-ap: ';'-separated rows of "

@@ -55,6 +55,8 @@ def test_bad_options_are_refused(tmp_path):
         bench.main(["--only", "one", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="unknown"):
         bench.main(["detector-ap", "--settings", "fastest", "--init", __file__, "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--seeds takes integers"):
+        bench.main(["detector-ap", "--seeds", "0,one", "--init", __file__, "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="not found"):
         bench.main(["detector-ap", "--init", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="bench.json: cannot read"):
@@ -72,6 +74,7 @@ def test_detector_ap_resumes_a_killed_run_of_the_same_settings_only(tmp_path):
     assert not bench._same_run(tmp_path, init, 300, bench.DETECTOR_SAMPLING["ours"], finished=False)
     (tmp_path / "results.json").write_text("{}")
     assert bench._same_run(tmp_path, init, 300, kw)
+    assert not bench._same_run(tmp_path, init, 300, kw, seed=1)  # another seed's run is not this one
 
 
 def test_detector_ap_table_shows_the_closed_vocabulary_ap_when_recorded(tmp_path, monkeypatch):
@@ -86,4 +89,22 @@ def test_detector_ap_table_shows_the_closed_vocabulary_ap_when_recorded(tmp_path
                                               "rpn_post_nms_top_n_train": 200, "step_s": 0.5,
                                               "relative_step_time": 1.0}]}
     md = bench.markdown(res)
-    assert "| ours | 160 | 1.0 | 12.0 | 9.0 | 78.4 |" in md and "| older record | 170 | 1.0 | 12.0 | 9.0 | — |" in md
+    assert "| ours | 0 | 160 | 1.0 | 12.0 | 9.0 | 78.4 |" in md and "| older record | 0 | 170 | 1.0 | 12.0 | 9.0 | — |" in md
+
+
+def test_detector_ap_table_gives_mean_and_std_over_the_seeds_of_each_setting(tmp_path):
+    def rec(novel, seconds):
+        return {"train_seconds": seconds, "ap50": {"novel": novel, "base": 0.8, "all": 0.7},
+                "base_vocabulary_ap50": None}
+    path = tmp_path / "bench-detector-ap.json"
+    path.write_text(json.dumps({"init": "clip.pt", "steps": 300, "runs": {
+        "ours": {"seeds": {"0": rec(0.50, 100), "1": rec(0.60, 200), "2": rec(0.55, 300)}},
+        "old": {"train_seconds": 400, "ap50": {"novel": 0.4, "base": 0.8, "all": 0.7}}}}))
+    a = bench._read_detector_ap(path)
+    assert list(a["runs"]["old"]["seeds"]) == ["0"]  # a record from before seeds reads as seed 0
+    md = bench.detector_ap_table(a)
+    assert "| ours | 0,1,2 | 200 | 55.0 ± 5.0 | 80.0 ± 0.0 | 70.0 ± 0.0 | — |" in md
+    assert "| old | 0 | 400 | 40.0 | 80.0 | 70.0 | — |" in md
+    path.write_text("{not json")
+    with pytest.raises(SystemExit, match="bench-detector-ap.json: not valid JSON"):
+        bench._read_detector_ap(path)
