@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from regionclip_min import toy_benchmark
+from regionclip_min import toy_benchmark, toy_tables
 
 
 def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path, capsys):
@@ -75,7 +75,7 @@ def test_ablations_table_holds_every_row_and_the_transfer_tau_rows(tmp_path):
     for name in ("det-clip-tau0.01-s0", "det-regionclip-tau0.01-s0"):
         (b.runs / name).mkdir(parents=True)
         (b.runs / name / "results.json").write_text(json.dumps(ap))
-    toy_benchmark.write_ablations(b)
+    toy_tables.write_ablations(b, toy_benchmark.ABLATIONS)
     md = (b.results / "ablations.md").read_text()
     assert all(what in md for _, what, _ in toy_benchmark.ABLATIONS)
     tau_rows = [line for line in md.splitlines() if "tau = 0.01 (the paper's number" in line]
