@@ -4,9 +4,10 @@
     python benchmarks/run.py --device cuda   # the same on a GPU, plus section 7 (RN50 at 800 px, bf16 or not)
     python benchmarks/run.py --only 1,4      # some sections
     python benchmarks/run.py detector-ap     # the long part of section 5: train the toy detector with each RoI
-                                             # sampling setting and evaluate (not in make bench: ~5 min per row
-                                             # on 2 idle cores; the 'ours' row is read from make toy's transfer)
-    python benchmarks/run.py detector-ap --seeds 0,1,2   # the same per seed: the table gives mean +- std
+                                             # sampling setting, seeds 0,1,2, and evaluate (not in make bench: ~5
+                                             # min per run on 2 idle cores; the 'ours' runs are read from make
+                                             # toy-seeds' CLIP transfers); the table gives mean +- std over seeds
+    python benchmarks/run.py detector-ap --settings "torchvision defaults" --seeds 0   # one slow row, one seed
     python benchmarks/run.py render          # bench.md again from bench.json, measuring nothing (e.g. to add
                                              # the AP50 table once detector-ap has finished)
 
@@ -294,7 +295,7 @@ def bench_text(device, quick: bool) -> dict:
 
 
 # ---- 5. detector step -------------------------------------------------------------------------------------------
-DETECTOR_AP_CKPT_EVERY = 25  # detector-ap checkpoints often: a torchvision-defaults run is ~1 h on 2 cores
+DETECTOR_AP_CKPT_EVERY = 25  # detector-ap checkpoints often: a torchvision-defaults run took 41 min on 2 idle cores
 DETECTOR_SAMPLING = {  # RoIs sampled per image, RoIAlign sampling_ratio, proposals kept per image in training
     "ours": dict(box_batch_size_per_image=32, sampling_ratio=0, rpn_post_nms_top_n_train=200,
                  rpn_pre_nms_top_n_train=1000),
@@ -610,8 +611,9 @@ def main(argv=None) -> dict:
     p.add_argument("--ours_run", default="runs/toy-bench/det-clip-s{seed}", help="detector-ap: make toy's (and make "
                    "toy-seeds') CLIP transfer of each seed, read as the 'ours' row when it is that same run "
                    "(default %(default)s)")
-    p.add_argument("--seeds", default="0", help="detector-ap: ','-separated training seeds of every setting (default "
-                   "%(default)s; make toy-seeds trains 'ours' for 0,1,2)")
+    p.add_argument("--seeds", default="0,1,2", help="detector-ap: ','-separated training seeds of every setting "
+                   "(default %(default)s: one seed misled here, README section 5; make toy-seeds already trained "
+                   "'ours' for 0,1,2)")
     p.add_argument("--steps", type=int, default=300, help="detector-ap: training steps of each run (default "
                    "%(default)s, make toy's transfer)")
     p.add_argument("--settings", default="ours;ours, sampling_ratio 2", help="detector-ap: ';'-separated rows of "
