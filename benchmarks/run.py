@@ -58,6 +58,7 @@ from regionclip_min.data import DetectionDataset, ImageCaptionDataset, collate_i
 from regionclip_min.detector import build_detector  # noqa: E402
 from regionclip_min.regions import RegionEncoder, random_boxes  # noqa: E402
 from regionclip_min.steps import build_optimizer  # noqa: E402
+from regionclip_min.toy_tables import fmt_mean_std, mean_std  # noqa: E402
 
 PAPER_POOL = 4764  # concepts parsed from CC3M captions in the paper (Sec. 4.1)
 CORE_PARTS = ("teacher forward", "student forward", "student backward", "optimizer")
@@ -361,8 +362,8 @@ def detector_ap(args) -> None:
         out = {"init": str(init), "steps": args.steps, "runs": {}}
     for name in names:
         kw = DETECTOR_SAMPLING[name]
+        slug = "".join(c if c.isalnum() else "-" for c in name)
         for seed in seeds:
-            slug = "".join(c if c.isalnum() else "-" for c in name)
             run = Path(args.runs) / (f"det-sampling-{slug}" + (f"-s{seed}" if seed else ""))
             ours = Path(args.ours_run.format(seed=seed))
             if name == "ours" and _same_run(ours, init, args.steps, kw, seed):
@@ -414,10 +415,7 @@ def _read_detector_ap(path: Path) -> dict:
 def detector_ap_table(a: dict) -> str:
     """Section 5's AP50 table: mean ± sample std over the seeds recorded for each setting (n beside it)."""
     def cell(vals):
-        vals = [100 * v for v in vals if v is not None]
-        if not vals:
-            return "—"
-        return f"{statistics.fmean(vals):.1f}" + (f" ± {statistics.stdev(vals):.1f}" if len(vals) > 1 else "")
+        return fmt_mean_std(mean_std([100 * v for v in vals if v is not None]))
     md = [f"AP50 each reaches (`python benchmarks/run.py detector-ap`: {a['steps']} steps from {a['init']}; mean ± "
           "std over the seeds listed):", "", "| RoI sampling | seeds | train s | AP50 novel | base | all | base AP50, "
           "base names only |", "|---|---|---|---|---|---|---|"]

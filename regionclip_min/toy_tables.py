@@ -58,20 +58,23 @@ HEADER = ("| model | GT-box top-1 all | base | novel | zero-shot RPN AP50 novel 
           "| base | all |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
-def _stats(rows: list[dict], columns: list[tuple] = COLUMNS) -> dict:
-    """Per column: mean, std (sample, n >= 2) and n over the rows where the value exists."""
-    out = {}
-    for group, key in columns:
-        vals = [r[group][key] for r in rows if not math.isnan(r[group][key])]
-        out[f"{group}.{key}"] = {"mean": statistics.fmean(vals) if vals else float("nan"),
-                                 "std": statistics.stdev(vals) if len(vals) > 1 else float("nan"), "n": len(vals)}
-    return out
+def mean_std(vals: list[float]) -> dict:
+    """Mean, sample std (n >= 2) and n of `vals` (NaN where undefined)."""
+    return {"mean": statistics.fmean(vals) if vals else float("nan"),
+            "std": statistics.stdev(vals) if len(vals) > 1 else float("nan"), "n": len(vals)}
 
 
-def _fmt(s: dict) -> str:
+def fmt_mean_std(s: dict) -> str:
+    """A `mean_std` as a table cell: "m ± s", "m" for one value, "—" for none."""
     if s["n"] == 0:
         return "—"
     return f"{s['mean']:.1f}" + (f" ± {s['std']:.1f}" if s["n"] > 1 else "")
+
+
+def _stats(rows: list[dict], columns: list[tuple] = COLUMNS) -> dict:
+    """Per column: `mean_std` over the rows where the value exists."""
+    return {f"{group}.{key}": mean_std([r[group][key] for r in rows if not math.isnan(r[group][key])])
+            for group, key in columns}
 
 
 def summarize(b: Bench, tag: str = "full", what: str = "") -> dict:
@@ -114,8 +117,8 @@ def summarize(b: Bench, tag: str = "full", what: str = "") -> dict:
           f"| GT boxes in val scenes (regions, 2×) | {region:.1f} | ≥ 20 points lower: gap {whole - region:.1f}, "
           f"{'met' if fig1b['gap_target_met'] else 'NOT met'} |", "",
           "## CLIP vs RegionCLIP (Tables 1 and 4)", "", HEADER,
-          "| CLIP (stage 0) | " + " | ".join(_fmt(clip_s[f"{g}.{k}"]) for g, k in COLUMNS) + " |",
-          "| RegionCLIP | " + " | ".join(_fmt(rc_s[f"{g}.{k}"]) for g, k in COLUMNS) + " |",
+          "| CLIP (stage 0) | " + " | ".join(fmt_mean_std(clip_s[f"{g}.{k}"]) for g, k in COLUMNS) + " |",
+          "| RegionCLIP | " + " | ".join(fmt_mean_std(rc_s[f"{g}.{k}"]) for g, k in COLUMNS) + " |",
           "| RegionCLIP − CLIP | " + " | ".join(f"{verdict[f'{g}.{k}']['regionclip_minus_clip']:+.1f}"
                                             for g, k in COLUMNS) + " |", "",
           f"Mean ± sample std over seeds {seeds} of the RegionCLIP pretraining and of both transfers. The stage-0 "
@@ -153,7 +156,7 @@ def _closed_vocabulary_section(b: Bench, seeds: list[int], rc_det_name) -> list[
             return []
         stat = _stats([{"open": {"b": 100 * r["ap50"]["base"]}, "closed": {"b": 100 * r["base_vocabulary"]["ap50"]}}
                        for r in res], [("open", "b"), ("closed", "b")])
-        rows.append(f"| {label} | {_fmt(stat['open.b'])} | {_fmt(stat['closed.b'])} |")
+        rows.append(f"| {label} | {fmt_mean_std(stat['open.b'])} | {fmt_mean_std(stat['closed.b'])} |")
     return ["## OVD transfer: base AP50 with and without the novel names", "",
             "| transfer from | base AP50, base + novel names (the table's) | base AP50, base names only |",
             "|---|---|---|", *rows, "",
