@@ -36,12 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import to_tensor
 
+from regionclip_min import official
 from regionclip_min.checkpoint import load_checkpoint, save_checkpoint
 from regionclip_min.cli import format_config, parse_config
-from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, encode_texts, load_clip
+from regionclip_min.clip_model import (QUICK_GELU_HELP, SINGLE_TEMPLATE, TEMPLATES, encode_texts, guess_model_name,
+                                      load_clip)
 from regionclip_min.concepts import read_names
 from regionclip_min.data import DetectionDataset
 from regionclip_min.detector import load_rpn, propose, visual_state_from_detector
@@ -58,12 +61,16 @@ FEATURE_KEYS = ("boxes", "embeddings", "image_ids", "category_ids", "objectness"
 class EvalConfig:
     # ---- model: one of our checkpoints, or an open_clip model name (+ tag or local weights file)
     checkpoint: str | None = field(default=None, metadata={"help": "a train_pretrain.py checkpoint (stage-0 CLIP "
-                                   "or RegionCLIP) or a train_detect.py detector checkpoint"})
+                                   "or RegionCLIP), a train_detect.py detector checkpoint, or an official RegionCLIP "
+                                   "checkpoint (regionclip_pretrained-*.pth, regionclip_finetuned-*.pth)"})
     text_checkpoint: str | None = field(default=None, metadata={"help": "detector checkpoints only: the "
-                                        "checkpoint whose text encoder to use (default: the detector's --init)"})
-    model_name: str = field(default="RN-toy", metadata={"help": "open_clip model name when no --checkpoint"})
-    pretrained: str | None = field(default=None, metadata={"help": "open_clip tag or weights file, with "
-                                   "--model_name"})
+                                        "checkpoint whose text encoder to use (default: the detector's --init; an "
+                                        "official detector has none and uses its own class embeddings)"})
+    model_name: str = field(default="RN-toy", metadata={"help": "open_clip model name when no --checkpoint (an "
+                            "official --checkpoint's architecture is read from its shapes)"})
+    pretrained: str | None = field(default=None, metadata={"help": "open_clip tag or weights file (open_clip, "
+                                   "OpenAI or official RegionCLIP layout), with --model_name"})
+    quick_gelu: bool | None = field(default=None, metadata={"help": QUICK_GELU_HELP})
     # ---- data and boxes
     instances: str = field(default="data/toy/instances_val_all.json", metadata={"help": "COCO instances json"})
     image_root: str | None = field(default=None, metadata={"help": "image folder (default: 'images/' beside "
@@ -86,8 +93,12 @@ class EvalConfig:
     # ---- vocabulary and scoring
     vocabulary: str | None = field(default=None, metadata={"help": "class names: 'a,b,c' or a text file with one "
                                    "name per line (default: the dataset's categories)"})
-    templates: str = field(default="ensemble", metadata={"help": "'ensemble' (80 templates + '{}.') or 'single' "
-                           "('a photo of a {}.')"})
+    templates: str = field(default="ensemble", metadata={"help": "'ensemble' (the official 81: '{}.' + OpenAI's 80 "
+                           "ImageNet templates) or 'single' ('a photo of a {}.')"})
+    class_embeddings: str | None = field(default=None, metadata={"help": "a (C, D) tensor file of class-name "
+                                         "embeddings (e.g. the official coco_65_cls_emb.pth) used instead of encoding "
+                                         "the names; its rows are the --vocabulary names, or the dataset's categories "
+                                         "sorted by id"})
     tau: float = field(default=0.01, metadata={"help": "softmax temperature of the class probabilities (paper: "
                        "0.01)"})
     objectness_power: float = field(default=0.5, metadata={"help": "--boxes rpn / --image: score = p_class * "
@@ -114,11 +125,16 @@ class EvalConfig:
 
 
 def load_model(cfg, device):
-    """(CLIP model whose visual is the region path, tokenizer, a short description)."""
+    """(CLIP model whose visual is the region path, tokenizer or None, a short description, the model's own class
+    embeddings or None). The tokenizer is None for an official detector without --text_checkpoint: it has no text
+    encoder, and its own class embeddings (test_cls_score rows) name the classes."""
     if cfg.checkpoint is None:
-        model, tok = load_clip(cfg.model_name, cfg.pretrained, device=device)
-        return model, tok, f"{cfg.model_name} ({cfg.pretrained or 'random init'})"
+        model, tok = load_clip(cfg.model_name, cfg.pretrained, device=device, quick_gelu=cfg.quick_gelu)
+        return model, tok, f"{cfg.model_name} ({cfg.pretrained or 'random init'})", None
     state = load_checkpoint(cfg.checkpoint)
+    layout = official.detect_layout(state["model"]) if isinstance(state.get("model"), dict) else None
+    if "kind" not in state and "stage" not in state and layout in (official.PRETRAINED, official.DETECTOR):
+        return load_official(cfg, state["model"], layout, device)
     name = state.get("model_name") or state.get("config", {}).get("model_name")
     kind = state.get("kind") or state.get("stage", "?")
     if name is None:
@@ -128,15 +144,57 @@ def load_model(cfg, device):
                          f"as --rpn_checkpoint and a CLIP, RegionCLIP or detector checkpoint as --checkpoint")
     desc = f"{cfg.checkpoint} ({kind}, step {state.get('step', '?')})"
     if kind != "detector":
-        model, tok = load_clip(name, cfg.checkpoint, device=device)
-        return model, tok, desc
+        model, tok = load_clip(name, cfg.checkpoint, device=device, quick_gelu=cfg.quick_gelu)
+        return model, tok, desc, None
     text = cfg.text_checkpoint or state.get("config", {}).get("init") or state.get("config", {}).get("pretrained")
     if text is None or (not Path(text).is_file() and text.endswith(".pt")):
         raise SystemExit(f"{cfg.checkpoint} is a detector checkpoint; its text encoder comes from the checkpoint it "
                          f"was initialised from ({text}), which is not there: pass --text_checkpoint")
-    model, tok = load_clip(name, text, device=device)
+    model, tok = load_clip(name, text, device=device, quick_gelu=cfg.quick_gelu)
     model.visual.load_state_dict(visual_state_from_detector(state["model"]), strict=True)
-    return model, tok, f"{desc}, text encoder of {text}"
+    return model, tok, f"{desc}, text encoder of {text}", None
+
+
+def load_official(cfg, state: dict, layout: str, device):
+    """load_model for an official RegionCLIP checkpoint; the architecture (RN50, RN50x4) is read from its shapes."""
+    if layout == official.PRETRAINED:
+        name = guess_model_name(official.clip_state(state, cfg.checkpoint)[0]) or cfg.model_name
+        model, tok = load_clip(name, cfg.checkpoint, device=device, quick_gelu=cfg.quick_gelu)
+        return model, tok, f"{cfg.checkpoint} (official RegionCLIP pretrained, {name})", None
+    parts = official.detector_parts(state, cfg.checkpoint)
+    name = guess_model_name(parts.visual) or cfg.model_name
+    for note in parts.notes:
+        print(f"{cfg.checkpoint}: {note}")
+    if cfg.text_checkpoint:
+        model, tok = load_clip(name, cfg.text_checkpoint, device=device, quick_gelu=cfg.quick_gelu)
+        desc = f"{cfg.checkpoint} (official RegionCLIP detector, {name}), text encoder of {cfg.text_checkpoint}"
+    else:  # no text tower: a random one is never used (tok None), the class embeddings come with the detector
+        model, tok = load_clip(name, None, device=device, verbose=False)[0], None
+        desc = f"{cfg.checkpoint} (official RegionCLIP detector, {name}; its own class embeddings)"
+    try:
+        model.visual.load_state_dict({k[len("visual."):]: v for k, v in parts.visual.items()}, strict=True)
+    except RuntimeError as e:
+        raise SystemExit(f"{cfg.checkpoint}: its backbone does not fit {name!r}: {str(e)[:400]}") from None
+    print(f"{cfg.checkpoint}: backbone -> the region path; test_cls_score: {len(parts.test_embeddings)} class "
+          f"embeddings; its Detectron2 RPN is not used (--boxes rpn takes our --rpn_checkpoint)")
+    return model.to(device), tok, desc, parts.test_embeddings
+
+
+def class_embeddings(cfg, names: list[str], model, tokenizer, own: torch.Tensor | None) -> torch.Tensor:
+    """(V, D) normalised embeddings of the vocabulary `names`: from --class_embeddings, from the model's own (an
+    official detector's test_cls_score, whose rows `names` must name in order), or encoded with the templates."""
+    dim = model.visual.attnpool.c_proj.out_features
+    if cfg.class_embeddings is not None:
+        return official.read_embeddings(cfg.class_embeddings, names, dim=dim)
+    if tokenizer is None:
+        if len(own) != len(names):
+            raise SystemExit(f"{cfg.checkpoint} has {len(own)} class embeddings (test_cls_score) and no text encoder, "
+                             f"but {len(names)} names are to be scored: pass --vocabulary naming its rows in order, "
+                             f"--class_embeddings, or --text_checkpoint (e.g. regionclip_pretrained-cc_rn50.pth) to "
+                             f"encode the names")
+        return F.normalize(own.float(), dim=-1)
+    templates = TEMPLATES if cfg.templates == "ensemble" else SINGLE_TEMPLATE
+    return encode_texts(model, tokenizer, names, templates).cpu()  # (V, D)
 
 
 def _pct(v: float) -> str:
@@ -253,14 +311,14 @@ def main(argv=None) -> dict:
         cfg.image_root = str(Path(cfg.instances).parent / "images")
     print(f"resolved config:\n{format_config(cfg)}")
     t0 = time.time()
-    vocab, source = read_names(cfg.vocabulary) if cfg.vocabulary is not None else (None, None)
+    vocab, source = (read_names(cfg.vocabulary, dedupe=cfg.class_embeddings is None) if cfg.vocabulary is not None
+                     else (None, None))
     if cfg.image is not None and vocab is None and not Path(cfg.instances).is_file():
         raise SystemExit("--image needs --vocabulary (or an --instances json whose categories to use)")
-    model, tokenizer, desc = load_model(cfg, device)
-    templates = TEMPLATES if cfg.templates == "ensemble" else SINGLE_TEMPLATE
+    model, tokenizer, desc, own = load_model(cfg, device)
     if cfg.image is not None:
         names = vocab or DetectionDataset(cfg.instances, cfg.image_root).category_names
-        class_emb = encode_texts(model, tokenizer, names, templates).cpu()  # (V, D)
+        class_emb = class_embeddings(cfg, names, model, tokenizer, own)  # (V, D)
         return run_demo(cfg, model, class_emb, names, desc, device)
 
     dataset = DetectionDataset(cfg.instances, cfg.image_root)
@@ -269,7 +327,7 @@ def main(argv=None) -> dict:
     cat_of_row = [None] * len(names)  # vocabulary row -> dataset category id (None: a distractor)
     for k, r in enumerate(rows):
         cat_of_row[r] = dataset.category_ids[k]
-    class_emb = encode_texts(model, tokenizer, names, templates).cpu()  # (V, D)
+    class_emb = class_embeddings(cfg, names, model, tokenizer, own)  # (V, D)
     kinds = {"auto": "scene" if cfg.boxes == "gt" else "all"}.get(cfg.kinds, cfg.kinds)
     kinds_t = None if kinds == "all" else tuple(k.strip() for k in kinds.split(","))
     rpn = load_rpn(cfg.rpn_checkpoint, device=device) if cfg.boxes == "rpn" else None

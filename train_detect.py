@@ -31,10 +31,12 @@ from tqdm import tqdm
 
 from regionclip_min import checkpoint as ckpt
 from regionclip_min.cli import config_to_dict, format_config, parse_config
-from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, encode_texts, load_clip
+from regionclip_min import official
+from regionclip_min.clip_model import QUICK_GELU_HELP, SINGLE_TEMPLATE, TEMPLATES, encode_texts, load_clip
+from regionclip_min.concepts import read_names
 from regionclip_min.data import DetectionDataset, collate_detection, hflip
-from regionclip_min.detector import (ProposalNetwork, build_detector, load_detector, load_rpn, propose,
-                                     set_vocabulary)
+from regionclip_min.detector import (ProposalNetwork, build_detector, detector_from_official, load_detector,
+                                     load_rpn, propose, set_vocabulary)
 from regionclip_min.drawing import draw_detections
 from regionclip_min.evaluation import detect, ovd_ap, proposal_recall
 from regionclip_min.runtime import poll_threads
@@ -75,7 +77,15 @@ class DetectConfig:
     init: str | None = field(default="runs/toy/final.pt", metadata={"help": "RegionCLIP or stage-0 CLIP checkpoint "
                              "(ours), or a CLIP weights file; its text encoder embeds the class names"})
     pretrained: str | None = field(default=None, metadata={"help": "open_clip tag or weights file if init is None"})
-    templates: str = field(default="ensemble", metadata={"help": "class-name prompts: 'ensemble' or 'single'"})
+    quick_gelu: bool | None = field(default=None, metadata={"help": QUICK_GELU_HELP})
+    templates: str = field(default="ensemble", metadata={"help": "class-name prompts: 'ensemble' (the official 81) "
+                           "or 'single'"})
+    class_embeddings: str | None = field(default=None, metadata={"help": "a (C, D) tensor file of class-name "
+                                         "embeddings (e.g. the official coco_65_cls_emb.pth) used instead of encoding "
+                                         "the names; its rows are named by --vocabulary, or are the val json's "
+                                         "categories sorted by id"})
+    vocabulary: str | None = field(default=None, metadata={"help": "with --class_embeddings: the names of its rows, "
+                                   "in order ('a,b,c' or a text file, one per line)"})
     tau: float = field(default=0.01, metadata={"help": "classifier temperature (paper 0.01)"})
     tau_from_init: bool = field(default=False, metadata={"help": "classifier temperature = the loaded CLIP's own "
                                 "1/exp(logit_scale), replacing --tau: 0.01 for OpenAI's CLIP (the paper's value), "
@@ -117,7 +127,11 @@ class DetectConfig:
     grad_clip: float = field(default=5.0, metadata={"help": "max gradient norm; 0 disables"})
     # ---- evaluation
     eval_at_end: bool = True
-    eval_only: bool = field(default=False, metadata={"help": "only evaluate out_dir/final.pt"})
+    eval_only: bool = field(default=False, metadata={"help": "only evaluate --checkpoint (default "
+                            "out_dir/final.pt) and write out_dir/results.json"})
+    checkpoint: str | None = field(default=None, metadata={"help": "--eval_only: the detector to score: ours, or an "
+                                   "official fine-tuned RegionCLIP detector (regionclip_finetuned-*.pth; its "
+                                   "Detectron2 RPN is not loaded: pass --rpn_checkpoint, one of our RPNs)"})
     eval_max_images: int | None = field(default=None, metadata={"help": "evaluate on the first N val images"})
     eval_batch_size: int = 16
     draw_images: int = field(default=6, metadata={"help": "val images drawn with predictions to predictions/"})
@@ -218,14 +232,14 @@ def check_config(cfg) -> None:
         raise SystemExit("bad config: " + "; ".join(problems))
 
 
-def load_datasets(cfg) -> tuple[DetectionDataset, DetectionDataset]:
-    """(train set with the base categories, val set with every evaluated category). Images stay in [0, 1] at their
-    own size: the detector's transform resizes and normalises them."""
+def load_datasets(cfg, *, train: bool = True) -> tuple[DetectionDataset | None, DetectionDataset]:
+    """(train set with the base categories, or None when not `train`; val set with every evaluated category). Images
+    stay in [0, 1] at their own size: the detector's transform resizes and normalises them."""
     train_cats, val_cats = "base", None  # json: the "split" field; val keeps every category
     if cfg.category_split == "coco-ovd":
         train_cats, val_cats = list(COCO_OVD_BASE), list(COCO_OVD_BASE + COCO_OVD_NOVEL)
     root = _image_root(cfg.train_json, cfg.image_root)
-    train = DetectionDataset(cfg.train_json, root, categories=train_cats, drop_empty=cfg.drop_empty)
+    train = DetectionDataset(cfg.train_json, root, categories=train_cats, drop_empty=cfg.drop_empty) if train else None
     val = DetectionDataset(cfg.val_json, _image_root(cfg.val_json, cfg.val_image_root or cfg.image_root),
                            categories=val_cats)
     return train, val
@@ -242,16 +256,22 @@ def novel_base_ids(cfg, val: DetectionDataset) -> tuple[list[int], list[int]]:
 def build(cfg, train: DetectionDataset, val: DetectionDataset, device) -> tuple[torch.nn.Module, dict]:
     """The model to train and the checkpoint fields that rebuild it (detector.load_detector / load_rpn)."""
     weights = cfg.init if cfg.init is not None else cfg.pretrained
-    clip, tokenizer = load_clip(cfg.model_name, weights, device=device)
+    clip, tokenizer = load_clip(cfg.model_name, weights, device=device, quick_gelu=cfg.quick_gelu)
     if cfg.task == "detector" and cfg.tau_from_init:  # resolved here, so config.json and the checkpoint record it
         cfg.tau = 1.0 / float(clip.logit_scale.detach().exp())
         print(f"classifier temperature: the loaded CLIP's own, tau = 1/{1 / cfg.tau:.2f} = {cfg.tau:.4f}")
     if cfg.task == "rpn":
         model = ProposalNetwork(clip.visual, **rpn_kwargs(cfg))
         return model, {"kind": "rpn", "rpn_kwargs": rpn_kwargs(cfg)}
-    templates = TEMPLATES if cfg.templates == "ensemble" else SINGLE_TEMPLATE
     names = {"train": train.category_names, "test": val.category_names}
-    emb = {k: encode_texts(clip, tokenizer, v, templates).cpu() for k, v in names.items()}  # (K, D) each
+    if cfg.class_embeddings is not None:  # an official embedding file: each needed name's row
+        rows_of, table = embeddings_from_file(cfg, val, dim=clip.text_projection.shape[1])
+    else:  # every name once: the training names are usually among the val names
+        rows_of = list(dict.fromkeys(names["test"] + names["train"]))
+        templates = TEMPLATES if cfg.templates == "ensemble" else SINGLE_TEMPLATE
+        table = encode_texts(clip, tokenizer, rows_of, templates).cpu()  # (N, D)
+    source = f"--class_embeddings {cfg.class_embeddings}" if cfg.class_embeddings else "the class embeddings"
+    emb = {k: table[official.rows_for(rows_of, v, source)] for k, v in names.items()}  # (K, D) each
     offline, extra = None, {"rpn_kwargs": None, "rpn_model_name": None}
     if cfg.rpn == "offline":
         offline = load_rpn(cfg.rpn_checkpoint, device=device)
@@ -261,6 +281,16 @@ def build(cfg, train: DetectionDataset, val: DetectionDataset, device) -> tuple[
     return model, {"kind": "detector", "detector_kwargs": detector_kwargs(cfg), "class_names": names,
                    "category_ids": {"train": train.category_ids, "test": val.category_ids}, "class_embeddings": emb,
                    **extra}
+
+
+def embeddings_from_file(cfg, val: DetectionDataset, dim: int | None) -> tuple[list[str], torch.Tensor]:
+    """--class_embeddings: (the names of its rows, (C, D) normalised rows). The rows are named by --vocabulary, else
+    they must be the val json's categories in id order (Detectron2's class order)."""
+    if cfg.vocabulary is not None:
+        names, _ = read_names(cfg.vocabulary, dedupe=False)
+    else:
+        names = val.category_names
+    return names, official.read_embeddings(cfg.class_embeddings, names, dim=dim)
 
 
 def make_optimizer(cfg, model):
@@ -342,26 +372,37 @@ def evaluate_rpn(cfg, model, val: DetectionDataset, device, top_ks=(10, 100)) ->
 
 
 # ---- main ---------------------------------------------------------------------------------------------------------
-def evaluate(cfg, model, kind: str, val: DetectionDataset, emb_test, out: Path, step: int, device) -> dict:
+def evaluate(cfg, model, kind: str, val: DetectionDataset, emb_test, out: Path, step: int | None, device, *,
+             checkpoint: Path | None = None) -> dict:
     """Score a trained model on the val set and write results.json (and predictions/*.png for a detector)."""
     model.eval()
     if kind == "rpn":
         results = evaluate_rpn(cfg, model, val, device)
     else:
         results = evaluate_detector(cfg, model, val, emb_test.to(device), out, device)
-    results = {**results, "checkpoint": str(out / "final.pt"), "step": step}
+    results = {**results, "checkpoint": str(checkpoint or out / "final.pt"), "step": step}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"results ({out / 'results.json'}): {json.dumps({k: v for k, v in results.items() if k != 'per_category'})}")
     return results
 
 
 def eval_only(cfg, out: Path, device) -> Path:
-    """--eval_only: rebuild the model from out_dir/final.pt alone (vocabulary from the checkpoint) and score it."""
-    final = out / "final.pt"
-    state = ckpt.load_checkpoint(final) if final.is_file() else None
-    if state is None or state.get("kind") not in ("rpn", "detector"):
-        raise SystemExit(f"--eval_only: {final} is missing or not a train_detect.py checkpoint")
-    _, val = load_datasets(cfg)
+    """--eval_only: rebuild the model from --checkpoint (default out_dir/final.pt) alone and score it. Ours carries
+    its vocabulary; an official RegionCLIP detector is mapped by `official_detector`."""
+    final = Path(cfg.checkpoint) if cfg.checkpoint else out / "final.pt"
+    if not final.is_file():
+        raise SystemExit(f"--eval_only: {final} does not exist (--checkpoint, or out_dir/final.pt)")
+    state = ckpt.load_checkpoint(final)
+    layout = official.detect_layout(state["model"]) if isinstance(state.get("model"), dict) else None
+    if "kind" not in state and layout == official.DETECTOR:
+        _, val = load_datasets(cfg, train=False)
+        model, emb = official_detector(cfg, final, state["model"], val, device)
+        evaluate(cfg, model, "detector", val, emb, out, None, device, checkpoint=final)
+        return final
+    if state.get("kind") not in ("rpn", "detector"):
+        raise SystemExit(f"--eval_only: {final} is not a train_detect.py checkpoint nor an official RegionCLIP "
+                         f"detector (its keys: {official.key_groups(state.get('model', state))})")
+    _, val = load_datasets(cfg, train=False)
     emb = None
     if state["kind"] == "rpn":
         model = load_rpn(final, device=device)
@@ -370,8 +411,39 @@ def eval_only(cfg, out: Path, device) -> Path:
             raise SystemExit(f"--eval_only: {final} was made for classes {state['class_names']['test']}, the val json "
                              f"has {val.category_names}")
         model, emb = load_detector(final, device=device), state["class_embeddings"]["test"]
-    evaluate(cfg, model, state["kind"], val, emb, out, state["step"], device)
+    evaluate(cfg, model, state["kind"], val, emb, out, state["step"], device, checkpoint=final)
     return final
+
+
+def official_detector(cfg, path: Path, state: dict, val: DetectionDataset, device):
+    """(our detector, its (K_val, D) test vocabulary) from an official fine-tuned RegionCLIP detector: backbone, box
+    head, class-agnostic bbox_pred and the class embeddings (its test_cls_score rows, named by --vocabulary or the
+    val json's categories in id order; or --class_embeddings); proposals from --rpn_checkpoint."""
+    parts = official.detector_parts(state, path)
+    if not cfg.rpn_checkpoint or not Path(cfg.rpn_checkpoint).is_file():
+        raise SystemExit(f"{path} is an official RegionCLIP detector, whose Detectron2 R50 RPN (offline_*) cannot be "
+                         f"mapped onto this project's RPN: pass --rpn_checkpoint, one of our class-agnostic RPNs "
+                         f"(train_detect.py --task rpn), or score its region head on GT boxes with eval_zeroshot.py "
+                         f"--checkpoint {path} (--rpn_checkpoint now: {cfg.rpn_checkpoint})")
+    if cfg.class_embeddings is not None:
+        names, table = embeddings_from_file(cfg, val, dim=parts.test_embeddings.shape[1])
+        source = f"--class_embeddings {cfg.class_embeddings}"
+    else:
+        names, _ = (read_names(cfg.vocabulary, dedupe=False) if cfg.vocabulary is not None
+                    else (val.category_names, None))
+        table, source = torch.nn.functional.normalize(parts.test_embeddings, dim=-1), f"{path}'s test_cls_score"
+        if len(names) != len(table):
+            raise SystemExit(f"{path}: test_cls_score has {len(table)} rows, but {len(names)} names are given for "
+                             f"them ({'--vocabulary' if cfg.vocabulary else 'the val json categories'}); pass "
+                             f"--vocabulary with the names of its rows in order, or --class_embeddings")
+    emb = table[official.rows_for(names, val.category_names, source)]  # (K_val, D)
+    for note in parts.notes:
+        print(f"{path}: {note}")
+    model = detector_from_official(parts, cfg.model_name, offline_rpn=load_rpn(cfg.rpn_checkpoint, device=device),
+                                   class_embeddings=emb, device=device, **detector_kwargs(cfg))
+    print(f"official RegionCLIP detector {path}: backbone, box head, bbox_pred and {len(emb)} class embeddings "
+          f"({source}) mapped; proposals from {cfg.rpn_checkpoint}")
+    return model, emb
 
 
 def main(argv=None):

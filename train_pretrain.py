@@ -37,12 +37,14 @@ from tqdm import tqdm
 
 from regionclip_min import checkpoint as ckpt
 from regionclip_min.cli import config_to_dict, format_config, parse_config
-from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, CachedTokenizer, load_clip
+from regionclip_min.clip_model import (QUICK_GELU_HELP, SINGLE_TEMPLATE, TEMPLATES, CachedTokenizer, activation,
+                                      is_quick_gelu, load_clip)
 from regionclip_min.concepts import backend as concept_backend
 from regionclip_min.concepts import build_concept_pool, concept_embeddings, read_names
 from regionclip_min.data import ImageCaptionDataset, boxes_to_transformed, collate_image_caption
 from regionclip_min.detector import load_rpn, propose
 from regionclip_min.losses import concept_distillation, image_text_contrastive, region_text_contrastive
+from regionclip_min.official import read_embeddings
 from regionclip_min.pseudo_labels import pseudo_label
 from regionclip_min.regions import (RegionEncoder, grid_boxes, load_proposals_file, random_boxes,
                                     region_encoder)
@@ -72,8 +74,11 @@ class PretrainConfig:
     model_name: str = field(default="RN-toy", metadata={"help": "open_clip model name (RN-toy, RN50, RN50x4)"})
     pretrained: str | None = field(default=None, metadata={"help": "open_clip tag (openai) or local weights file "
                                    "for the initial CLIP; None = random init"})
-    init: str | None = field(default=None, metadata={"help": "our checkpoint to start from (stage-0 CLIP for "
-                             "'regionclip'); overrides pretrained"})
+    init: str | None = field(default=None, metadata={"help": "checkpoint to start from: ours (stage-0 CLIP for "
+                             "'regionclip'), or an official RegionCLIP one (regionclip_pretrained-*.pth, "
+                             "teacher_*_OAI_CLIP.pth: student and text tower, teacher and RPN dropped); overrides "
+                             "pretrained"})
+    quick_gelu: bool | None = field(default=None, metadata={"help": QUICK_GELU_HELP})
     # ---- concepts and pseudo-labels (regionclip)
     concept_min_count: int = field(default=1, metadata={"help": "keep caption nouns seen at least this often "
                                    "(paper: 100)"})
@@ -81,7 +86,11 @@ class PretrainConfig:
     concepts: str | None = field(default=None, metadata={"help": "use these concept names ('a,b,c' or a text file, "
                                  "one per line) instead of the nouns parsed from the captions (ablation: class "
                                  "names only)"})
-    templates: str = field(default="ensemble", metadata={"help": "'ensemble' (~80 prompts) or 'single'"})
+    templates: str = field(default="ensemble", metadata={"help": "'ensemble' (the official 81: '{}.' + OpenAI's 80 "
+                           "ImageNet prompts) or 'single'"})
+    concept_embeddings: str | None = field(default=None, metadata={"help": "a (C, D) tensor file of concept "
+                                           "embeddings (e.g. the official googlecc_nouns_*.pth) used instead of "
+                                           "encoding the pool; needs --concepts naming its C rows in order"})
     concept_cache: str | None = field(default="data/cache", metadata={"help": "folder caching concept embeddings"})
     proposals: str = field(default="random", metadata={"help": "random | grid | file | rpn"})
     proposals_per_image: int = field(default=16, metadata={"help": "regions per image (paper: 100 of 300 RPN)"})
@@ -211,7 +220,7 @@ def make_proposals(cfg, images, batch, proposals_table, rpn, g) -> list[torch.Te
 def build_models(cfg, device):
     """(student CLIP, teacher CLIP or None, tokenizer). The teacher is frozen; the student's frozen parts too."""
     weights = cfg.init if cfg.init is not None else cfg.pretrained
-    student, tokenizer = load_clip(cfg.model_name, weights, device=device)
+    student, tokenizer = load_clip(cfg.model_name, weights, device=device, quick_gelu=cfg.quick_gelu)
     if cfg.channels_last:
         student.visual.to(memory_format=torch.channels_last)
     if cfg.stage == "clip":
@@ -248,6 +257,11 @@ def make_scheduler(cfg, optimizer):
 
 def build_concepts(cfg, dataset, teacher, tokenizer, device):
     """Concept pool from the training captions (Sec. 3.1) and its prompt-ensembled embeddings (C, D)."""
+    if cfg.concept_embeddings is not None:  # official embedding file: its rows are named by --concepts, in order
+        concepts, _ = read_names(cfg.concepts, "--concepts", dedupe=False)
+        emb = read_embeddings(cfg.concept_embeddings, concepts, dim=teacher.text_projection.shape[1],
+                              option="--concept_embeddings")
+        return concepts, emb.to(device)
     if cfg.concepts is not None:
         concepts, _ = read_names(cfg.concepts, "--concepts")
     else:
@@ -258,10 +272,10 @@ def build_concepts(cfg, dataset, teacher, tokenizer, device):
                          f"times in the captions (lower --concept_min_count)")
     templates = TEMPLATES if cfg.templates == "ensemble" else SINGLE_TEMPLATE
     init_key = cfg.init or cfg.pretrained or "random"
-    if cfg.init and Path(cfg.init).is_file():  # key the cache by the checkpoint's content, not only its name
-        init_key += ":" + hashlib.sha256(Path(cfg.init).read_bytes()).hexdigest()[:16]
+    if Path(init_key).is_file():  # key the cache by the weights' content, not only their name
+        init_key += ":" + hashlib.sha256(Path(init_key).read_bytes()).hexdigest()[:16]
     emb = concept_embeddings(teacher, tokenizer, concepts, templates, cache_dir=cfg.concept_cache,
-                             model_key=f"{cfg.model_name}|{init_key}")
+                             model_key=f"{cfg.model_name}|{activation(teacher)}|{init_key}")
     return concepts, emb.to(device)
 
 
@@ -347,6 +361,8 @@ def main(argv=None):
         raise SystemExit(f"--teacher must be pooled or crop, got {cfg.teacher!r}")
     if cfg.amp not in ("none", "bf16", "auto"):
         raise SystemExit(f"--amp must be none, bf16 or auto, got {cfg.amp!r}")
+    if cfg.concept_embeddings is not None and cfg.concepts is None:
+        raise SystemExit("--concept_embeddings needs --concepts: the names file of its rows, one per line, in order")
     if cfg.proposals == "rpn" and not cfg.rpn_checkpoint:
         raise SystemExit("--proposals rpn needs --rpn_checkpoint (train one: python train_detect.py --preset toy-rpn)")
     rank, world = init_distributed(cfg.device)
@@ -447,7 +463,8 @@ def run_training(cfg, preset, rank: int, world: int):
             ckpt.save_checkpoint(path, {"model": student.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scheduler": scheduler.state_dict(), "step": step, "rng": ckpt.rng_state(),
                                         "config": config_to_dict(cfg), "model_name": cfg.model_name,
-                                        "stage": cfg.stage, "concepts": concepts})
+                                        "stage": cfg.stage, "concepts": concepts,
+                                        "quick_gelu": is_quick_gelu(student)})
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepSampler(len(dataset), cfg.batch_size, rank, world, cfg.seed, start, cfg.max_steps),

@@ -56,17 +56,23 @@ def link_checkpoint(src, dst) -> Path:
     return dst
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Loads a checkpoint safely (weights_only=True); raises a clear error naming the file on any problem."""
+def safe_load(path, map_location="cpu"):
+    """torch.load(weights_only=True) of any file (a state dict, a bare tensor, ...); FileNotFoundError or ValueError
+    naming the file on any problem."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt, truncated, or holding objects that weights_only refuses to unpickle
         raise ValueError(f"cannot load checkpoint {path}: it is corrupt, truncated, or holds objects other than "
                          f"tensors and plain containers (refused for safety). Cause: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Loads a checkpoint safely (weights_only=True); raises a clear error naming the file on any problem."""
+    state = safe_load(path, map_location)
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state

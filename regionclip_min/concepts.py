@@ -324,9 +324,10 @@ def concept_embeddings(model, tokenizer, concepts: Sequence[str], templates: Seq
     return emb
 
 
-def read_names(spec: str, option: str = "--vocabulary") -> tuple[list[str], str]:
+def read_names(spec: str, option: str = "--vocabulary", *, dedupe: bool = True) -> tuple[list[str], str]:
     """Class names from a text file (one per line) or a comma-separated string: stripped, blank entries dropped,
-    case-insensitive duplicates dropped (CLIP's tokenizer lower-cases; the first spelling is kept).
+    case-insensitive duplicates dropped (CLIP's tokenizer lower-cases; the first spelling is kept) unless `dedupe`
+    is False (names of the rows of an embedding file, which must stay aligned with them).
     Returns (names, where they came from); SystemExit when nothing is left."""
     path = Path(spec)
     if path.is_file():
@@ -338,7 +339,7 @@ def read_names(spec: str, option: str = "--vocabulary") -> tuple[list[str], str]
         raw, source = spec.split(","), option
     names, seen = [], set()
     for name in (" ".join(r.split()) for r in raw):  # collapse inner whitespace
-        if name and name.lower() not in seen:
+        if name and (name.lower() not in seen or not dedupe):
             seen.add(name.lower())
             names.append(name)
     if not names:

@@ -114,9 +114,13 @@ def _box_xyxy(bbox, width: float, height: float) -> tuple[list[float] | None, st
 
 
 def _index_images(data: dict, keys: Sequence[str], path: Path) -> dict:
-    """image id -> (index in data["images"], entry); each entry needs id, file_name and ``keys``."""
+    """image id -> (index in data["images"], entry); each entry needs id, file_name and ``keys``. LVIS v1 names its
+    images by `coco_url` only: its last two parts ('val2017/000000397133.jpg') become the file_name, so the image
+    root is the COCO folder that holds train2017/ and val2017/."""
     by_id = {}
     for i, entry in enumerate(data["images"]):
+        if "file_name" not in entry and isinstance(entry.get("coco_url"), str):
+            entry["file_name"] = "/".join(entry["coco_url"].rstrip("/").split("/")[-2:])
         _require(entry, ("id", "file_name", *keys), path, f"images[{i}]")
         if entry["id"] in by_id:
             raise ValueError(f"{path}: images[{i}] repeats image id {entry['id']}")

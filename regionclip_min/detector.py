@@ -40,8 +40,9 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import nms, roi_align
 
+from regionclip_min import official
 from regionclip_min.checkpoint import load_checkpoint
-from regionclip_min.clip_model import load_clip
+from regionclip_min.clip_model import guess_model_name, load_clip
 from regionclip_min.data import CLIP_MEAN, CLIP_STD
 from regionclip_min.losses import focal_scaled_cross_entropy
 from regionclip_min.regions import STRIDE, attention_pool, check_boxes, in_chunks
@@ -396,3 +397,29 @@ def visual_state_from_detector(detector_state: dict) -> dict:
             if key.startswith(prefix):
                 out[key[len(prefix):]] = value
     return out
+
+
+def detector_from_official(parts: official.DetectorParts, model_name: str, *, offline_rpn: ProposalNetwork,
+                           vocabulary: str = "test", class_embeddings: torch.Tensor | None = None,
+                           device="cpu", **detector_kwargs) -> GeneralizedRCNN:
+    """Our detector from an official fine-tuned RegionCLIP detector (`official.detector_parts`), in eval mode.
+
+    Mapped: the CLIP ResNet (backbone = stem..layer3, box head = layer4 + attnpool, loaded strictly into open_clip's
+    `visual`), the class-agnostic `bbox_pred`, and the class embeddings: `test_cls_score` ("test") or `cls_score`
+    ("train") rows as the vocabulary, unless `class_embeddings` (K, D) replaces them. The official model's zero
+    background embedding is our constant zero background logit. Not mapped: its Detectron2 R50 RPN, so the
+    proposals come from `offline_rpn`, one of our ProposalNetworks (a frozen offline RPN, as the official one is)."""
+    visual = _visual(model_name, device)
+    visual_state = {k[len("visual."):]: v for k, v in parts.visual.items()}
+    try:
+        visual.load_state_dict(visual_state, strict=True)
+    except RuntimeError as e:
+        fits = guess_model_name(parts.visual)
+        raise ValueError(f"the detector's backbone does not fit open_clip's {model_name!r} visual tower"
+                         + (f"; it has the shapes of {fits!r}: pass --model_name {fits}" if fits else "")
+                         + f" ({str(e)[:300]})") from None
+    if class_embeddings is None:
+        class_embeddings = parts.test_embeddings if vocabulary == "test" else parts.train_embeddings
+    detector = build_detector(visual, class_embeddings, offline_rpn=offline_rpn, **detector_kwargs)
+    detector.roi_heads.box_predictor.bbox_pred.load_state_dict(parts.bbox_pred, strict=True)
+    return detector.to(device).eval()

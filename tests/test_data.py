@@ -79,6 +79,17 @@ def test_detection_items_and_label_order(tmp_path):
     assert not ds.skipped and "3 images, 3 boxes, 3 categories; skipped nothing" in ds.summary()
 
 
+def test_lvis_images_named_by_coco_url_only(tmp_path):
+    # LVIS v1 lists images by coco_url; the file is <root>/<split folder>/<name>
+    make_instances(tmp_path)
+    (tmp_path / "val2017").mkdir()
+    (tmp_path / "images" / "a.png").rename(tmp_path / "val2017" / "a.png")
+    images = [{"id": 1, "coco_url": "http://images.cocodataset.org/val2017/a.png", "width": 40, "height": 30}]
+    ds = DetectionDataset(make_instances(tmp_path, images=images, annotations=[], name="lvis.json"), tmp_path)
+    image, _ = ds[0]
+    assert ds.images[0]["file_name"] == "val2017/a.png" and image.shape == (3, 30, 40)
+
+
 def test_category_subset_remaps_labels(tmp_path):
     path = make_instances(tmp_path)
     ds = DetectionDataset(path, categories=["star", 3])  # by name and by id; image_root defaults to json folder

@@ -141,7 +141,7 @@ def test_detector_checkpoint_uses_its_box_head_and_the_init_text_encoder(toy_wor
     from_clip = eval_zeroshot.main(["--checkpoint", str(stage0_run / "final.pt"), "--out", str(tmp_path / "b.json"),
                                     *args])
     assert "detector" in from_det["model"] and from_det["gt_box_top1"]["n_boxes"] == from_clip["gt_box_top1"]["n_boxes"]
-    model, _, _ = eval_zeroshot.load_model(eval_zeroshot.EvalConfig(checkpoint=str(det / "final.pt")), "cpu")
+    model, _, _, _ = eval_zeroshot.load_model(eval_zeroshot.EvalConfig(checkpoint=str(det / "final.pt")), "cpu")
     clip, _ = load_clip("RN-toy", str(stage0_run / "final.pt"))
     assert not torch.equal(model.visual.layer4[0].conv1.weight, clip.visual.layer4[0].conv1.weight)  # trained
     assert torch.equal(model.visual.conv1.weight, clip.visual.conv1.weight)  # stem frozen in transfer

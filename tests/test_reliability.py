@@ -20,6 +20,7 @@ from PIL import Image
 import eval_zeroshot
 import train_detect
 import train_pretrain
+from regionclip_min import official
 from regionclip_min.checkpoint import _process_start, claim_out_dir, load_checkpoint, save_checkpoint
 from regionclip_min.clip_model import SINGLE_TEMPLATE, encode_texts, load_clip
 from regionclip_min.concepts import concept_embeddings, read_names
@@ -301,12 +302,24 @@ def _loaders(evil, toy_world, stage0_run, tmp_path):
         "train_detect --init": lambda: train_detect.main([*det(tmp_path / "d")[1:], "--init", str(evil)]),
         "train_detect --rpn_checkpoint": lambda: train_detect.main([*det(tmp_path / "e")[1:], "--rpn", "offline",
                                                                     "--rpn_checkpoint", str(evil)]),
+        "official.read_embeddings": lambda: official.read_embeddings(evil, ["a"]),
+        "train_detect --eval_only --checkpoint": lambda: train_detect.main(
+            [*det(tmp_path / "f")[1:], "--eval_only", "true", "--checkpoint", str(evil)]),
+        "eval_zeroshot --class_embeddings": lambda: eval_zeroshot.main(
+            ["--checkpoint", str(stage0_run / "final.pt"), "--instances", toy_world["instances_val_all"],
+             "--class_embeddings", str(evil)]),
+        "train_detect --class_embeddings": lambda: train_detect.main([*det(tmp_path / "g")[1:], "--class_embeddings",
+                                                                      str(evil)]),
+        "train_pretrain --concept_embeddings": lambda: train_pretrain.main(
+            [*pre(tmp_path / "h")[1:], "--concepts", "circle,star", "--concept_embeddings", str(evil)]),
     }
 
 
 LOADERS = ["load_checkpoint", "load_clip (local weights file)", "load_rpn", "load_detector",
            "eval_zeroshot --checkpoint", "eval_zeroshot --model_name --pretrained", "train_pretrain --init",
-           "train_pretrain --resume", "train_detect --init", "train_detect --rpn_checkpoint"]
+           "train_pretrain --resume", "train_detect --init", "train_detect --rpn_checkpoint",
+           "official.read_embeddings", "train_detect --eval_only --checkpoint", "eval_zeroshot --class_embeddings",
+           "train_detect --class_embeddings", "train_pretrain --concept_embeddings"]
 
 
 @pytest.mark.parametrize("loader", LOADERS)
