@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from torchvision.transforms.functional import to_tensor
 
 from regionclip_min import official
@@ -46,7 +46,7 @@ from regionclip_min.cli import format_config, parse_config
 from regionclip_min.clip_model import (QUICK_GELU_HELP, SINGLE_TEMPLATE, TEMPLATES, encode_texts, guess_model_name,
                                       load_clip)
 from regionclip_min.concepts import read_names
-from regionclip_min.data import DetectionDataset
+from regionclip_min.data import DetectionDataset, open_rgb
 from regionclip_min.detector import load_rpn, propose, visual_state_from_detector
 from regionclip_min.drawing import draw_detections
 from regionclip_min.evaluation import (encode_regions, named_as, ovd_ap, region_detections, region_embeddings,
@@ -232,8 +232,7 @@ def run_demo(cfg, model, class_emb, names, desc, device) -> dict:
     """Zero-shot detection of `names` in one image: the RPN's proposals, classified and NMS'd; table + PNG."""
     path = Path(cfg.image)
     try:
-        with Image.open(path) as im:
-            image = to_tensor(im.convert("RGB"))  # (3, H, W) in [0, 1]
+        image = to_tensor(open_rgb(path))  # (3, H, W) in [0, 1], EXIF orientation applied
     except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
         raise SystemExit(f"--image {path}: cannot read it as an image ({type(e).__name__}: {e})") from None
     if min(image.shape[-2:]) < 16:

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
@@ -46,6 +46,30 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     mean = images.new_tensor(CLIP_MEAN).view(3, 1, 1)  # (3, 1, 1)
     std = images.new_tensor(CLIP_STD).view(3, 1, 1)  # (3, 1, 1)
     return (images - mean) / std  # (B, 3, H, W) or (3, H, W)
+
+
+def open_rgb(path) -> Image.Image:
+    """An image file as the RGB picture a person sees: EXIF orientation applied (a phone photo stored sideways is
+    turned upright), and every PIL mode converted without clipping:
+    - 8-bit modes (L, P, 1, RGBA, LA, PA, CMYK, YCbCr, ...): PIL's own conversion (alpha dropped);
+    - 16-bit grayscale (I;16, I;16B, I;16L): value / 257, so 65535 is white;
+    - 32-bit integer (I): / 257 when its values lie in [0, 65535] (a 16-bit PNG as PIL may open it), else
+      stretched from its minimum to its maximum;
+    - 32-bit float (F): x 255 when its values lie in [0, 1], else stretched likewise.
+    Raises what PIL raises for a missing or unreadable file."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)  # a copy, upright; no-op without an orientation tag
+        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            a = np.asarray(im, dtype=np.float64)  # (H, W)
+            lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
+            if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
+                a = a / 257.0
+            elif im.mode == "F" and lo >= 0 and hi <= 1:
+                a = a * 255.0
+            else:
+                a = (a - lo) / max(hi - lo, 1e-12) * 255.0
+            im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+        return im.convert("RGB")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -158,8 +182,7 @@ class _CheckedDataset(Dataset):
         if index in self._bad_items:
             return None
         try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
+            image = open_rgb(path)
         except FileNotFoundError:
             kind, msg, error = "image_missing", f"{path} ({where}): image file not found", FileNotFoundError
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -168,7 +191,8 @@ class _CheckedDataset(Dataset):
             if size is None or image.size == size:
                 return image
             kind, error = "image_size_mismatch", ValueError
-            msg = f"{path} ({where}): image is {image.size[0]}x{image.size[1]}, the json says {size[0]}x{size[1]}"
+            msg = (f"{path} ({where}): image is {image.size[0]}x{image.size[1]}, the json says {size[0]}x{size[1]} "
+                   f"(the image's size upright, after its EXIF orientation)")
         first = kind not in self.skipped
         self._problem(kind, msg, error)
         self._bad_items.add(index)

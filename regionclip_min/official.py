@@ -79,7 +79,7 @@ def detect_layout(state: dict) -> str | None:
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
     if has("backbone.") and has(PREDICTOR):
         return DETECTOR
-    if has("backbone.") and has("lang_encoder."):
+    if has("backbone."):  # with lang_encoder.* (a pretrained model), or without (refused by clip_state)
         return PRETRAINED
     if has("visual."):
         return OPENAI if any(k in state for k in OPENAI_EXTRA_KEYS) else OPEN_CLIP
@@ -130,6 +130,10 @@ def clip_state(state: dict, path) -> tuple[dict, list[str]]:
     and notes on what was dropped."""
     visual, rest, notes = _split(state, path)
     text = {k[len("lang_encoder."):]: v for k, v in rest.items() if k.startswith("lang_encoder.")}
+    if not text:
+        raise ValueError(f"{path}: an official RegionCLIP layout with a visual backbone and no text tower "
+                         f"(lang_encoder.*): found {key_groups(state)}. A CLIP needs both; the released pretrained "
+                         f"models have both")
     if "logit_scale" not in text:
         text["logit_scale"] = torch.tensor(OFFICIAL_LOGIT_SCALE)
         notes.append("logit_scale = ln 100 (tau 0.01, the official temperature; the file has none)")

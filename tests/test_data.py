@@ -1,6 +1,7 @@
 """Tests of regionclip_min/data.py on tiny COCO/TSV fixtures written into tmp_path (no toy world needed)."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -8,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from regionclip_min.data import (
     CLIP_MEAN, CLIP_STD, DetectionDataset, ImageCaptionDataset, collate_detection, collate_image_caption, hflip,
-    image_transform, normalize,
+    image_transform, normalize, open_rgb,
 )
 
 RED = (255, 0, 0)
@@ -88,6 +89,37 @@ def test_lvis_images_named_by_coco_url_only(tmp_path):
     ds = DetectionDataset(make_instances(tmp_path, images=images, annotations=[], name="lvis.json"), tmp_path)
     image, _ = ds[0]
     assert ds.images[0]["file_name"] == "val2017/a.png" and image.shape == (3, 30, 40)
+
+
+def test_open_rgb_applies_exif_orientation_and_scales_every_mode(tmp_path):
+    # a 40 x 20 picture with a red left half, stored rotated 90 degrees with EXIF orientation 6 ("rotate 270 to view")
+    upright = Image.new("RGB", (40, 20), (0, 0, 255))
+    upright.paste(RED, (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    seen = open_rgb(tmp_path / "phone.jpg")
+    assert seen.size == (40, 20) and seen.getpixel((5, 10))[0] > 200 and seen.getpixel((35, 10))[2] > 200
+    ramp16 = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)  # 16-bit grayscale, black to white
+    Image.fromarray(ramp16).save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode.startswith("I")
+    modes = {"I;16 png": open_rgb(tmp_path / "gray16.png")}
+    Image.fromarray(ramp16.astype(np.int32), mode="I").save(tmp_path / "gray32.tif")
+    modes["I tif"] = open_rgb(tmp_path / "gray32.tif")
+    Image.fromarray((ramp16 / 65535.0).astype(np.float32), mode="F").save(tmp_path / "float.tif")
+    modes["F tif, values in [0, 1]"] = open_rgb(tmp_path / "float.tif")
+    for mode, im in modes.items():  # scaled, not clipped: a ramp from black to white, never all white
+        a = np.asarray(im)
+        assert im.mode == "RGB" and a.shape == (8, 8, 3), mode
+        assert a[0, 0, 0] == 0 and a[-1, -1, 0] == 255 and 100 < a[4, 0, 0] < 160, (mode, a[:, :, 0])
+    wide = np.linspace(-1000, 5e6, 64).reshape(8, 8).astype(np.float32)  # out of [0, 1]: stretched
+    Image.fromarray(wide, mode="F").save(tmp_path / "wide.tif")
+    a = np.asarray(open_rgb(tmp_path / "wide.tif"))
+    assert a.min() == 0 and a.max() == 255
+    for mode in ("L", "P", "1", "LA", "RGBA", "CMYK"):
+        Image.new("RGB", (6, 4), (200, 30, 30)).convert(mode).save(tmp_path / f"m.{'tif' if mode == 'CMYK' else 'png'}")
+        im = open_rgb(tmp_path / f"m.{'tif' if mode == 'CMYK' else 'png'}")
+        assert im.mode == "RGB" and im.size == (6, 4), mode
 
 
 def test_category_subset_remaps_labels(tmp_path):

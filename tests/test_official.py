@@ -162,6 +162,10 @@ def test_unknown_and_wrong_layouts_name_expected_and_found_keys(tmp_path):
     torch.save({"model": official_pretrained_state(toy)}, wrong_arch)
     with pytest.raises(ValueError, match="pass --model_name RN-toy"):
         load_clip("RN50", str(wrong_arch))
+    visual_only = tmp_path / "visual_only.pth"
+    torch.save({"model": {k: v for k, v in official_pretrained_state(toy).items() if "backbone." in k}}, visual_only)
+    with pytest.raises(ValueError, match="no text tower"):
+        load_clip("RN-toy", str(visual_only))
     det = tmp_path / "finetuned.pth"
     torch.save({"model": official_detector_state(toy.visual, torch.randn(12, 64), [0, 1])}, det)
     with pytest.raises(ValueError, match="no text encoder"):
