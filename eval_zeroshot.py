@@ -29,8 +29,6 @@ name per line. Extra names compete as distractors; every dataset category must b
 """
 from __future__ import annotations
 
-import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,17 +39,19 @@ from PIL import UnidentifiedImageError
 from torchvision.transforms.functional import to_tensor
 
 from regionclip_min import official
-from regionclip_min.checkpoint import load_checkpoint, save_checkpoint
-from regionclip_min.cli import format_config, parse_config
+from regionclip_min.checkpoint import claim_result, file_digest, load_checkpoint, save_checkpoint, write_json
+from regionclip_min.cli import format_config, parse_config, run_main
 from regionclip_min.clip_model import (QUICK_GELU_HELP, SINGLE_TEMPLATE, TEMPLATES, encode_texts, guess_model_name,
                                       load_clip)
 from regionclip_min.concepts import read_names
 from regionclip_min.data import DetectionDataset, open_rgb
-from regionclip_min.detector import load_rpn, propose, visual_state_from_detector
+from regionclip_min.demo import zero_shot_detections
+from regionclip_min.detector import load_detector, load_rpn, set_vocabulary, visual_state_from_detector
 from regionclip_min.drawing import draw_detections
-from regionclip_min.evaluation import (encode_regions, named_as, ovd_ap, region_detections, region_embeddings,
+from regionclip_min.evaluation import (encode_regions, named_as, ovd_ap, region_detections,
                                        top1_accuracy, vocabulary_index, whole_image_accuracy)
 from regionclip_min.regions import region_encoder
+from regionclip_min.steps import resolve_device
 
 MAX_NAMED_AS_LINES = 20  # categories printed in the GT-box confusion list (LVIS has 1,203)
 FEATURE_KEYS = ("boxes", "embeddings", "image_ids", "category_ids", "objectness", "box_source", "model", "scale")
@@ -80,6 +80,9 @@ class EvalConfig:
     rpn_checkpoint: str = field(default="runs/toy-rpn/final.pt", metadata={"help": "class-agnostic RPN "
                                 "(train_detect.py --preset toy-rpn) for --boxes rpn and --image"})
     top_k: int = field(default=100, metadata={"help": "RPN proposals per image, highest objectness first"})
+    image_boxes: str = field(default="auto", metadata={"help": "--image proposals: 'rpn' (--rpn_checkpoint), "
+                             "'windows' (multi-scale sliding windows, no training needed), 'auto' (rpn if the "
+                             "checkpoint exists, else windows). A detector --checkpoint uses its own RPN"})
     scale: float = field(default=2.0, metadata={"help": "enlarge images by this before pooling regions "
                          "(DESIGN §5.1: 2 for the 128-px toy CLIP; 1 for real detection images)"})
     region_encoder: str = field(default="pooled", metadata={"help": "'pooled' (the paper: RoIAlign on res4, res5, "
@@ -119,9 +122,11 @@ class EvalConfig:
                                              "image ids (torch.load(weights_only=True)) to this file"})
     # ---- run
     batch_size: int = 32
-    device: str = "cpu"
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda | auto (cuda where a GPU is visible)"})
     out: str | None = field(default=None, metadata={"help": "results json (default: beside the checkpoint, "
-                            "<name>.zeroshot-<boxes>.json, or results/zeroshot/)"})
+                            "<name>.zeroshot-<boxes>.json, or results/zeroshot/<model>-<weights>-<boxes>.json)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a results json that holds results of other "
+                            "weights or data (refused otherwise)"})
 
 
 def load_model(cfg, device):
@@ -180,6 +185,20 @@ def load_official(cfg, state: dict, layout: str, device):
     return model.to(device), tok, desc, parts.test_embeddings
 
 
+def resolve_kinds(cfg, dataset: DetectionDataset) -> tuple[str, tuple[str, ...] | None]:
+    """(--kinds as resolved, the tuple of kinds to keep or None for all). 'auto': the toy world's scenes for GT
+    boxes when the json marks image kinds (its object-centric images have one large box each), else every image.
+    SystemExit when no image is left."""
+    marked = any(k is not None for k in dataset.kinds)
+    kinds = ("scene" if cfg.boxes == "gt" and marked else "all") if cfg.kinds == "auto" else cfg.kinds
+    kinds_t = None if kinds == "all" else tuple(k.strip() for k in kinds.split(","))
+    if kinds_t is not None and not any(k in kinds_t for k in dataset.kinds):
+        found = sorted({str(k) for k in dataset.kinds})
+        raise SystemExit(f"{cfg.instances}: no image has a 'kind' in {list(kinds_t)} (the images' kinds: {found}); "
+                         f"pass --kinds all, or --kinds with some of those")
+    return kinds, kinds_t
+
+
 def class_embeddings(cfg, names: list[str], model, tokenizer, own: torch.Tensor | None) -> torch.Tensor:
     """(V, D) normalised embeddings of the vocabulary `names`: from --class_embeddings, from the model's own (an
     official detector's test_cls_score, whose rows `names` must name in order), or encoded with the templates."""
@@ -206,7 +225,19 @@ def _default_out(cfg, kind: str) -> Path:
         return Path(cfg.out)
     if cfg.checkpoint:
         return Path(cfg.checkpoint).with_suffix(f".zeroshot-{kind}.json")
-    return Path("results/zeroshot") / f"{cfg.model_name}-{kind}.json"
+    weights = Path(cfg.pretrained).stem if cfg.pretrained else "random"
+    return Path("results/zeroshot") / f"{cfg.model_name}-{weights}-{kind}.json"
+
+
+def run_inputs(cfg) -> dict:
+    """What a result was computed from, by content: the weights, the data, and the class embeddings and RPN used."""
+    weights = cfg.checkpoint or cfg.pretrained
+    inputs = {"weights": weights, "weights_sha256": file_digest(weights) if weights else None,
+              "instances": cfg.instances, "instances_sha256": file_digest(cfg.instances)}
+    for name in ("text_checkpoint", "class_embeddings") + (("rpn_checkpoint",) if cfg.boxes == "rpn" else ()):
+        if getattr(cfg, name):
+            inputs[f"{name}_sha256"] = file_digest(getattr(cfg, name))
+    return inputs
 
 
 def save_features(path, records: list[dict], category_ids: list[int], box_source: str, desc: str,
@@ -228,27 +259,34 @@ def save_features(path, records: list[dict], category_ids: list[int], box_source
     print(f"region features of {len(state['boxes'])} boxes written to {path} (keys: {', '.join(FEATURE_KEYS)})")
 
 
-def run_demo(cfg, model, class_emb, names, desc, device) -> dict:
-    """Zero-shot detection of `names` in one image: the RPN's proposals, classified and NMS'd; table + PNG."""
-    path = Path(cfg.image)
+def read_image(path) -> torch.Tensor:
+    """--image as (3, H, W) float RGB in [0, 1], EXIF orientation applied; SystemExit in one line if unreadable."""
     try:
-        image = to_tensor(open_rgb(path))  # (3, H, W) in [0, 1], EXIF orientation applied
+        image = to_tensor(open_rgb(path))  # (3, H, W)
     except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
         raise SystemExit(f"--image {path}: cannot read it as an image ({type(e).__name__}: {e})") from None
     if min(image.shape[-2:]) < 16:
         raise SystemExit(f"--image {path}: {tuple(image.shape[-2:])} pixels is too small (at least 16 x 16)")
-    rpn = load_rpn(cfg.rpn_checkpoint, device=device)
-    props = propose(rpn, [image.to(device)], cfg.top_k, with_scores=True)[0].cpu()  # (R, 5)
-    encoder = region_encoder(cfg.region_encoder, model.visual, crop_context=cfg.crop_context).eval()
-    emb = region_embeddings(encoder, [image], [props[:, :4]], scale=cfg.scale,
-                            device=device)[0].cpu()  # (R, D)
-    record = {"image_id": 0, "boxes": props[:, :4], "embeddings": emb,
-              "labels": torch.full((len(props),), -1, dtype=torch.int64), "objectness": props[:, 4]}
-    dets = region_detections([record], class_emb, list(range(len(names))), tau=cfg.tau, nms_thresh=cfg.nms_thresh,
-                             objectness_power=cfg.objectness_power)
+    return image
+
+
+def run_demo(cfg, image, model, class_emb, names, desc, device, detector=None) -> dict:
+    """Detection of `names` in `image` (3, H, W), read from --image; table + PNG. Zero-shot (the region path):
+    proposals from the RPN or sliding windows, classified and NMS'd. With `detector` (a trained one): it runs as it
+    was trained, its own RPN, box regression and background class, with `names` as its vocabulary."""
+    path = Path(cfg.image)
+    if detector is not None:
+        dets, source, record = detector_demo(detector, class_emb, image, device), "the detector's own RPN", None
+    else:  # the RPN's proposals, or sliding windows when there is no trained RPN (--image_boxes)
+        use_rpn = cfg.image_boxes == "rpn" or cfg.image_boxes == "auto" and Path(cfg.rpn_checkpoint).is_file()
+        encoder = region_encoder(cfg.region_encoder, model.visual, crop_context=cfg.crop_context)
+        dets, record, source = zero_shot_detections(
+            model.visual, image, class_emb, rpn=load_rpn(cfg.rpn_checkpoint, device=device) if use_rpn else None,
+            top_k=cfg.top_k, scale=cfg.scale, tau=cfg.tau, nms_thresh=cfg.nms_thresh,
+            objectness_power=cfg.objectness_power, encoder=encoder, device=device)
     shown = [d for d in dets if d["score"] >= cfg.score_thresh][:cfg.max_boxes]
-    print(f"\nzero-shot detection in {path} ({image.shape[-1]} x {image.shape[-2]} px), {desc}, "
-          f"{len(props)} proposals, {len(names)} names")
+    print(f"\n{'detection' if detector is not None else 'zero-shot detection'} in {path} ({image.shape[-1]} x "
+          f"{image.shape[-2]} px), {desc}, {source}, {len(names)} names")
     print("| # | name | score | box x1, y1, x2, y2 |\n|---|---|---|---|")
     for i, d in enumerate(shown, 1):
         x, y, w, h = d["bbox"]
@@ -264,10 +302,22 @@ def run_demo(cfg, model, class_emb, names, desc, device) -> dict:
                     torch.tensor([d["score"] for d in shown]), out_png, score_thresh=cfg.score_thresh,
                     max_boxes=len(shown), scale=cfg.draw_scale)
     print(f"drawn to {out_png}")
-    if cfg.save_region_features:
+    if cfg.save_region_features and record is not None:
         save_features(cfg.save_region_features, [record], [], "image", desc, cfg.scale)
     return {"image": str(path), "detections": [{**d, "name": names[d["category_id"]]} for d in shown],
             "png": str(out_png)}
+
+
+@torch.no_grad()
+def detector_demo(detector, class_emb: torch.Tensor, image: torch.Tensor, device) -> list[dict]:
+    """A trained detector on one image with `class_emb` (V, D) as its vocabulary: detections as region_detections
+    gives them (bbox xywh pixels of the image, score, category_id = the vocabulary row), best first."""
+    set_vocabulary(detector, class_emb.to(device))
+    out = detector.eval()([image.to(device)])[0]
+    dets = [{"image_id": 0, "category_id": label - 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+            for (x1, y1, x2, y2), label, score in zip(out["boxes"].cpu().tolist(), out["labels"].tolist(),
+                                                     out["scores"].tolist())]
+    return sorted(dets, key=lambda d: -d["score"])
 
 
 def print_named_as(table: dict, dataset: DetectionDataset, most: int = MAX_NAMED_AS_LINES) -> None:
@@ -293,7 +343,10 @@ def check_config(cfg) -> None:
         problems.append(f"--templates must be ensemble or single, got {cfg.templates!r}")
     if cfg.scale <= 0 or cfg.tau <= 0 or min(cfg.top_k, cfg.batch_size, cfg.max_boxes, cfg.draw_scale) < 1:
         problems.append("--scale, --tau, --top_k, --batch_size, --max_boxes and --draw_scale must be positive")
-    if (cfg.boxes == "rpn" or cfg.image) and not Path(cfg.rpn_checkpoint).is_file():
+    if cfg.image_boxes not in ("auto", "rpn", "windows"):
+        problems.append(f"--image_boxes must be auto, rpn or windows, got {cfg.image_boxes!r}")
+    if (cfg.boxes == "rpn" and cfg.image is None or cfg.image and cfg.image_boxes == "rpn") and not Path(
+            cfg.rpn_checkpoint).is_file():
         problems.append(f"--rpn_checkpoint {cfg.rpn_checkpoint} does not exist (train one: python train_detect.py "
                         f"--preset toy-rpn)")
     if cfg.image is None and not Path(cfg.instances).is_file():
@@ -303,8 +356,9 @@ def check_config(cfg) -> None:
 
 
 def main(argv=None) -> dict:
-    cfg, _ = parse_config(EvalConfig, argv, description=__doc__.split("\n\n")[0])
+    cfg, _ = parse_config(EvalConfig, argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     check_config(cfg)
+    cfg.device = resolve_device(cfg.device)
     device = torch.device(cfg.device)
     if cfg.image_root is None and (Path(cfg.instances).parent / "images").is_dir():
         cfg.image_root = str(Path(cfg.instances).parent / "images")
@@ -312,23 +366,35 @@ def main(argv=None) -> dict:
     t0 = time.time()
     vocab, source = (read_names(cfg.vocabulary, dedupe=cfg.class_embeddings is None) if cfg.vocabulary is not None
                      else (None, None))
+    if vocab is not None and len(vocab) == 1:
+        print(f"warning: {source} names one class ({vocab[0]!r}): a softmax over one name gives every box "
+              f"probability 1, so boxes rank by objectness alone and any box can be called {vocab[0]!r}; add the "
+              f"other things the images may show (or 'background') as distractors")
     if cfg.image is not None and vocab is None and not Path(cfg.instances).is_file():
         raise SystemExit("--image needs --vocabulary (or an --instances json whose categories to use)")
-    model, tokenizer, desc, own = load_model(cfg, device)
     if cfg.image is not None:
+        image = read_image(cfg.image)  # a mistyped path stops here, before any model is loaded
         names = vocab or DetectionDataset(cfg.instances, cfg.image_root).category_names
+        model, tokenizer, desc, own = load_model(cfg, device)
         class_emb = class_embeddings(cfg, names, model, tokenizer, own)  # (V, D)
-        return run_demo(cfg, model, class_emb, names, desc, device)
+        detector = None
+        if cfg.checkpoint and load_checkpoint(cfg.checkpoint).get("kind") == "detector":  # ours: run it whole
+            detector = load_detector(cfg.checkpoint, device=device)
+        return run_demo(cfg, image, model, class_emb, names, desc, device, detector)
 
+    # the data, the vocabulary and the images to score are checked before any model is built
     dataset = DetectionDataset(cfg.instances, cfg.image_root)
+    dataset.check_images("--image_root")
     names = vocab or dataset.category_names
     rows = vocabulary_index(dataset.category_names, names, source or "the vocabulary")  # dataset class -> row
     cat_of_row = [None] * len(names)  # vocabulary row -> dataset category id (None: a distractor)
     for k, r in enumerate(rows):
         cat_of_row[r] = dataset.category_ids[k]
+    kinds, kinds_t = resolve_kinds(cfg, dataset)
+    out, inputs = _default_out(cfg, cfg.boxes), run_inputs(cfg)
+    claim_result(out, inputs, overwrite=cfg.overwrite)
+    model, tokenizer, desc, own = load_model(cfg, device)
     class_emb = class_embeddings(cfg, names, model, tokenizer, own)  # (V, D)
-    kinds = {"auto": "scene" if cfg.boxes == "gt" else "all"}.get(cfg.kinds, cfg.kinds)
-    kinds_t = None if kinds == "all" else tuple(k.strip() for k in kinds.split(","))
     rpn = load_rpn(cfg.rpn_checkpoint, device=device) if cfg.boxes == "rpn" else None
     encoder = region_encoder(cfg.region_encoder, model.visual, crop_context=cfg.crop_context)
     records = encode_regions(encoder, dataset, rpn=rpn, top_k=cfg.top_k, scale=cfg.scale,
@@ -337,6 +403,7 @@ def main(argv=None) -> dict:
     if not records:
         raise SystemExit(f"{cfg.instances}: no image of kind {kinds!r} to evaluate (see --kinds)")
     image_ids = [r["image_id"] for r in records]
+    print(f"scoring the regions of {len(records)} images (COCOeval{', whole images' if cfg.boxes == 'gt' else ''}) ...")
     novel = [c for c, s in zip(dataset.category_ids, dataset.category_splits) if s == "novel"]
     base = [c for c in dataset.category_ids if c not in set(novel)]
     results = {"model": desc, "instances": cfg.instances, "boxes": cfg.boxes, "kinds": kinds, "scale": cfg.scale,
@@ -376,9 +443,7 @@ def main(argv=None) -> dict:
         print("| RPN AP50 novel | base | all | AP all | proposals / image | images |\n|---|---|---|---|---|---|")
         print(f"| {_pct(a50['novel'])} | {_pct(a50['base'])} | {_pct(a50['all'])} | {_pct(a['all'])} | "
               f"{cfg.top_k} | {len(records)} |")
-    out = _default_out(cfg, cfg.boxes)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_json(out, {**results, "inputs": inputs})
     print(f"results written to {out} ({results['seconds']} s)")
     if cfg.save_region_features:
         save_features(cfg.save_region_features, records, dataset.category_ids, cfg.boxes, desc, cfg.scale)
@@ -386,4 +451,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    run_main(main)

@@ -30,8 +30,9 @@ import torch
 from tqdm import tqdm
 
 from regionclip_min import checkpoint as ckpt
-from regionclip_min.cli import config_to_dict, format_config, parse_config
 from regionclip_min import official
+from regionclip_min.cli import (config_to_dict, flags, format_config, parse_config, preset_of, run_main,
+                                weights_choice)
 from regionclip_min.clip_model import QUICK_GELU_HELP, SINGLE_TEMPLATE, TEMPLATES, encode_texts, load_clip
 from regionclip_min.concepts import read_names
 from regionclip_min.data import DetectionDataset, collate_detection, hflip
@@ -40,7 +41,7 @@ from regionclip_min.detector import (ProposalNetwork, build_detector, detector_f
 from regionclip_min.drawing import draw_detections
 from regionclip_min.evaluation import detect, ovd_ap, proposal_recall
 from regionclip_min.runtime import poll_threads
-from regionclip_min.steps import StepSampler, build_optimizer, step_generator
+from regionclip_min.steps import StepSampler, build_optimizer, resolve_device, step_generator
 
 # The open-vocabulary COCO split of OVR-CNN (48 base / 17 novel of the 80 COCO classes; the other 15 are unused).
 COCO_OVD_BASE = (
@@ -138,7 +139,7 @@ class DetectConfig:
     # ---- run
     out_dir: str = "runs/toy-det"
     seed: int = 0
-    device: str = field(default="cpu", metadata={"help": "cpu | cuda"})
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda | auto (cuda where a GPU is visible)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default, one per core); "
                          "1 avoids thrashing on a machine shared with other jobs"})
     log_every: int = 10
@@ -167,7 +168,7 @@ PRESETS = {
                           rpn_post_nms_top_n_test=1000, box_batch_size_per_image=512, focal_gamma=0.5,
                           background_weight=0.2, optimizer="sgd", lr=0.002, new_layers_lr_mult=1.0,
                           weight_decay=1e-4, warmup_steps=1000, schedule="step", max_steps=90_000, batch_size=16,
-                          grad_clip=0.0, channels_last=False, device="cuda", num_workers=8, ckpt_every=5000,
+                          grad_clip=0.0, channels_last=False, device="auto", num_workers=8, ckpt_every=5000,
                           draw_images=10, out_dir="runs/coco-ovd-rn50"),
 }
 
@@ -236,19 +237,47 @@ def load_datasets(cfg, *, train: bool = True) -> tuple[DetectionDataset | None, 
     """(train set with the base categories, or None when not `train`; val set with every evaluated category). Images
     stay in [0, 1] at their own size: the detector's transform resizes and normalises them."""
     train_cats, val_cats = "base", None  # json: the "split" field; val keeps every category
-    if cfg.category_split == "coco-ovd":
-        train_cats, val_cats = list(COCO_OVD_BASE), list(COCO_OVD_BASE + COCO_OVD_NOVEL)
+    if cfg.category_split == "coco-ovd":  # the 48 / 17 names each json has (a COCO subset keeps its own share)
+        train_cats = coco_ovd_names(cfg.train_json, COCO_OVD_BASE, "train")
+        val_cats = coco_ovd_names(cfg.val_json, COCO_OVD_BASE + COCO_OVD_NOVEL, "val")
     root = _image_root(cfg.train_json, cfg.image_root)
-    train = DetectionDataset(cfg.train_json, root, categories=train_cats, drop_empty=cfg.drop_empty) if train else None
+    try:
+        train = (DetectionDataset(cfg.train_json, root, categories=train_cats, drop_empty=cfg.drop_empty)
+                 if train else None)
+    except ValueError as e:
+        if "no category has split" not in str(e):
+            raise
+        raise SystemExit(f"{e}. --category_split json reads each category's \"split\" field: mark the categories "
+                         f"of {cfg.train_json} with \"split\": \"base\" (trained on) or \"novel\" (held out), or "
+                         f"use --category_split coco-ovd for COCO names") from None
     val = DetectionDataset(cfg.val_json, _image_root(cfg.val_json, cfg.val_image_root or cfg.image_root),
                            categories=val_cats)
     return train, val
 
 
+def coco_ovd_names(json_path: str, wanted: tuple[str, ...], which: str) -> list[str]:
+    """The names of `wanted` (OVR-CNN's base, or base + novel) that the json's categories have; the others are
+    named in a message, and so are the json's categories outside the split, which are left out."""
+    with open(json_path, encoding="utf-8") as f:
+        have = [c.get("name") for c in json.load(f).get("categories", [])]
+    kept = [n for n in wanted if n in have]
+    if not kept:
+        raise SystemExit(f"{json_path}: none of OVR-CNN's COCO names ({', '.join(wanted[:5])}, ...) among its "
+                         f"categories ({have[:5]}...): --category_split coco-ovd is for COCO; use --category_split "
+                         f"json with a \"split\" field per category")
+    missing, outside = [n for n in wanted if n not in have], [n for n in have if n not in wanted]
+    if missing or outside:
+        print(f"{which} json {json_path}: {len(kept)} of the split's {len(wanted)} names; "
+              + (f"absent: {', '.join(missing)}; " if missing else "")
+              + (f"left out ({'not a base name' if which == 'train' else 'not in the 48/17 split'}): "
+                 f"{', '.join(outside)}" if outside else ""))
+    return kept
+
+
 def novel_base_ids(cfg, val: DetectionDataset) -> tuple[list[int], list[int]]:
     if cfg.category_split == "coco-ovd":
         ids = dict(zip(val.category_names, val.category_ids))
-        return [ids[n] for n in COCO_OVD_NOVEL], [ids[n] for n in COCO_OVD_BASE]
+        return [ids[n] for n in COCO_OVD_NOVEL if n in ids], [ids[n] for n in COCO_OVD_BASE if n in ids]
     novel = [c for c, s in zip(val.category_ids, val.category_splits) if s == "novel"]
     return novel, [c for c in val.category_ids if c not in set(novel)]
 
@@ -330,7 +359,10 @@ def evaluate_detector(cfg, model, val: DetectionDataset, emb_test: torch.Tensor,
     set_vocabulary(model, emb_test)
     results, image_ids = detect(model, val, batch_size=cfg.eval_batch_size, max_images=cfg.eval_max_images,
                                 device=device, progress=True)
+    if not image_ids:  # every image unreadable: an AP of 0 would be a silent lie
+        raise SystemExit(f"{cfg.val_json}: no val image could be read (skipped: {dict(val.skipped)}); nothing scored")
     novel, base = novel_base_ids(cfg, val)
+    print(f"scoring {len(results)} detections on {len(image_ids)} images with COCOeval ...")
     metrics = ovd_ap(val.coco_json_path, results, novel_ids=novel, base_ids=base, image_ids=image_ids,
                      max_dets=cfg.detections_per_img)
     if novel and base:
@@ -372,6 +404,12 @@ def evaluate_rpn(cfg, model, val: DetectionDataset, device, top_ks=(10, 100)) ->
 
 
 # ---- main ---------------------------------------------------------------------------------------------------------
+def eval_inputs(cfg, checkpoint: Path) -> dict:
+    """What results.json was computed from, by content: the checkpoint and the val json."""
+    return {"checkpoint": str(checkpoint), "checkpoint_sha256": ckpt.file_digest(checkpoint),
+            "val_json": cfg.val_json, "val_json_sha256": ckpt.file_digest(cfg.val_json)}
+
+
 def evaluate(cfg, model, kind: str, val: DetectionDataset, emb_test, out: Path, step: int | None, device, *,
              checkpoint: Path | None = None) -> dict:
     """Score a trained model on the val set and write results.json (and predictions/*.png for a detector)."""
@@ -380,9 +418,11 @@ def evaluate(cfg, model, kind: str, val: DetectionDataset, emb_test, out: Path, 
         results = evaluate_rpn(cfg, model, val, device)
     else:
         results = evaluate_detector(cfg, model, val, emb_test.to(device), out, device)
-    results = {**results, "checkpoint": str(checkpoint or out / "final.pt"), "step": step}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"results ({out / 'results.json'}): {json.dumps({k: v for k, v in results.items() if k != 'per_category'})}")
+    checkpoint = checkpoint or out / "final.pt"
+    results = {**results, "checkpoint": str(checkpoint), "step": step, "inputs": eval_inputs(cfg, checkpoint)}
+    ckpt.write_json(out / "results.json", results)
+    print(f"results ({out / 'results.json'}): "
+          f"{ckpt.strict_json({k: v for k, v in results.items() if k != 'per_category'})}")
     return results
 
 
@@ -392,10 +432,12 @@ def eval_only(cfg, out: Path, device) -> Path:
     final = Path(cfg.checkpoint) if cfg.checkpoint else out / "final.pt"
     if not final.is_file():
         raise SystemExit(f"--eval_only: {final} does not exist (--checkpoint, or out_dir/final.pt)")
+    ckpt.claim_result(out / "results.json", eval_inputs(cfg, final), overwrite=cfg.overwrite, option="--out_dir")
     state = ckpt.load_checkpoint(final)
     layout = official.detect_layout(state["model"]) if isinstance(state.get("model"), dict) else None
     if "kind" not in state and layout == official.DETECTOR:
         _, val = load_datasets(cfg, train=False)
+        val.check_images("--val_image_root")
         model, emb = official_detector(cfg, final, state["model"], val, device)
         evaluate(cfg, model, "detector", val, emb, out, None, device, checkpoint=final)
         return final
@@ -403,6 +445,7 @@ def eval_only(cfg, out: Path, device) -> Path:
         raise SystemExit(f"--eval_only: {final} is not a train_detect.py checkpoint nor an official RegionCLIP "
                          f"detector (its keys: {official.key_groups(state.get('model', state))})")
     _, val = load_datasets(cfg, train=False)
+    val.check_images("--val_image_root")
     emb = None
     if state["kind"] == "rpn":
         model = load_rpn(final, device=device)
@@ -447,8 +490,10 @@ def official_detector(cfg, path: Path, state: dict, val: DetectionDataset, devic
 
 
 def main(argv=None):
-    cfg, preset = parse_config(DetectConfig, argv, PRESETS, description=__doc__.split("\n\n")[0])
+    cfg, preset = parse_config(DetectConfig, argv, PRESETS, description="\n\n".join(__doc__.split("\n\n")[:2]))
+    weights_choice(cfg)
     check_config(cfg)
+    cfg.device = resolve_device(cfg.device)
     device = torch.device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -473,8 +518,9 @@ def run_training(cfg, out: Path, device) -> Path:
                              f"first, or pass another path")
     train, val = load_datasets(cfg)
     print(f"train: {train.summary()}\nval: {val.summary()}")
-    if len(train) and not (train.image_root / train.images[0]["file_name"]).is_file():
-        raise SystemExit(f"{cfg.train_json}: first image not found under {train.image_root}; is --image_root right?")
+    train.check_images("--image_root")  # both, before any work: a wrong root would train or score nothing
+    if cfg.eval_at_end:
+        val.check_images("--val_image_root")
     torch.manual_seed(cfg.seed)
     model, meta = build(cfg, train, val, device)
     (out / "config.json").write_text(format_config(cfg))  # again: build() resolves --tau_from_init
@@ -545,7 +591,7 @@ def run_training(cfg, out: Path, device) -> Path:
             bar.update(1)
             bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in values.items()})
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                metrics.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], "total": total.item(),
+                metrics.write(ckpt.strict_json({"step": step, "lr": scheduler.get_last_lr()[0], "total": total.item(),
                                           **values, "elapsed_s": round(time.time() - t0, 1)}) + "\n")
                 metrics.flush()
             if step % cfg.ckpt_every == 0 and step < cfg.max_steps:
@@ -560,16 +606,21 @@ def run_training(cfg, out: Path, device) -> Path:
     summary = {"steps": step - start, "first_step": start, "seconds": round(elapsed, 1),
                "images_skipped_unreadable": skipped_images, "batches_skipped_unreadable": skipped_batches,
                "train_skipped_at_load": dict(train.skipped), "val_skipped_at_load": dict(val.skipped)}
-    (out / "run_summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"run summary ({out / 'run_summary.json'}): {json.dumps(summary)}")
+    ckpt.write_json(out / "run_summary.json", summary)
+    print(f"run summary ({out / 'run_summary.json'}): {ckpt.strict_json(summary)}")
     if cfg.eval_at_end:
         evaluate(cfg, model, meta["kind"], val, meta.get("class_embeddings", {}).get("test"), out, step, device)
-    nxt = (f"python train_detect.py --preset toy --rpn offline --rpn_checkpoint {out / 'final.pt'}  (or RPN proposals "
-           f"for pretraining: regionclip_min.detector.load_rpn / propose)" if cfg.task == "rpn" else
-           f"look at {out / 'predictions'}/*.png; evaluate again with --eval_only true --out_dir {out}")
+    data = flags(cfg, ("train_json", "val_json", "image_root", "val_image_root", "category_split", "model_name",
+                       "min_sizes", "max_size"))
+    toy = (preset_of(cfg) or "").startswith("toy")
+    start = "--preset toy" if toy else f"--task detector --init {cfg.init or cfg.pretrained}"
+    nxt = (f"python train_detect.py {start} --rpn offline --rpn_checkpoint {out / 'final.pt'} {data}  (or RPN "
+           f"proposals for pretraining: regionclip_min.detector.load_rpn / propose)" if cfg.task == "rpn" else
+           f"look at {out / 'predictions'}/*.png; evaluate again with python train_detect.py --eval_only true "
+           f"--out_dir {out} {flags(cfg, ('val_json', 'val_image_root', 'image_root', 'category_split'))}")
     print(f"done: checkpoint {out / 'final.pt'}; next: {nxt}")
     return out / "final.pt"
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    run_main(main)

@@ -21,7 +21,6 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import sys
@@ -36,7 +35,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from regionclip_min import checkpoint as ckpt
-from regionclip_min.cli import config_to_dict, format_config, parse_config
+from regionclip_min.cli import (config_to_dict, flags, format_config, parse_config, preset_of, run_main,
+                                weights_choice)
 from regionclip_min.clip_model import (QUICK_GELU_HELP, SINGLE_TEMPLATE, TEMPLATES, CachedTokenizer, activation,
                                       is_quick_gelu, load_clip)
 from regionclip_min.concepts import backend as concept_backend
@@ -49,7 +49,7 @@ from regionclip_min.pseudo_labels import pseudo_label
 from regionclip_min.regions import (RegionEncoder, grid_boxes, load_proposals_file, random_boxes,
                                     region_encoder)
 from regionclip_min.runtime import poll_threads
-from regionclip_min.steps import StepSampler, build_optimizer, resolve_amp, step_generator
+from regionclip_min.steps import StepSampler, build_optimizer, resolve_amp, resolve_device, step_generator
 
 
 @dataclass
@@ -128,7 +128,7 @@ class PretrainConfig:
     # ---- run
     out_dir: str = "runs/toy"
     seed: int = 0
-    device: str = field(default="cpu", metadata={"help": "cpu | cuda"})
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda | auto (cuda where a GPU is visible)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default, one per core); "
                          "1 avoids thrashing on a machine shared with other jobs"})
     channels_last: bool = field(default=True, metadata={"help": "channels-last memory format for the image tower "
@@ -158,13 +158,13 @@ PRESETS = {
                       captions="data/coco/annotations/captions_train2017.json",
                       image_root="data/coco/train2017", image_size=800, region_scale=1.0, concept_min_count=100,
                       proposals="random", proposals_per_image=100, optimizer="sgd", lr=0.002, weight_decay=1e-4,
-                      momentum=0.9, warmup_steps=1000, max_steps=600_000, batch_size=96, device="cuda",
+                      momentum=0.9, warmup_steps=1000, max_steps=600_000, batch_size=96, device="auto",
                       ckpt_every=5000, out_dir="runs/rn50-coco", num_workers=8),
     "rn50-cc3m": dict(_doc="paper: RN50 (openai) on CC3M (image_path<TAB>caption TSV), short side 800",
                       stage="regionclip", model_name="RN50", pretrained="openai", captions="data/cc3m/train.tsv",
                       image_root=None, image_size=800, region_scale=1.0, concept_min_count=100,
                       proposals="random", proposals_per_image=100, optimizer="sgd", lr=0.002, weight_decay=1e-4,
-                      momentum=0.9, warmup_steps=1000, max_steps=600_000, batch_size=96, device="cuda",
+                      momentum=0.9, warmup_steps=1000, max_steps=600_000, batch_size=96, device="auto",
                       ckpt_every=5000, out_dir="runs/rn50-cc3m", num_workers=8),
 }
 
@@ -351,7 +351,8 @@ def resolve_paths(cfg):
 
 
 def main(argv=None):
-    cfg, preset = parse_config(PretrainConfig, argv, PRESETS, description=__doc__.split("\n\n")[0])
+    cfg, preset = parse_config(PretrainConfig, argv, PRESETS, description="\n\n".join(__doc__.split("\n\n")[:2]))
+    weights_choice(cfg)
     cfg = resolve_paths(cfg)
     if cfg.stage not in ("clip", "regionclip"):
         raise SystemExit(f"--stage must be 'clip' or 'regionclip', got {cfg.stage!r}")
@@ -365,6 +366,7 @@ def main(argv=None):
         raise SystemExit("--concept_embeddings needs --concepts: the names file of its rows, one per line, in order")
     if cfg.proposals == "rpn" and not cfg.rpn_checkpoint:
         raise SystemExit("--proposals rpn needs --rpn_checkpoint (train one: python train_detect.py --preset toy-rpn)")
+    cfg.device = resolve_device(cfg.device)
     rank, world = init_distributed(cfg.device)
     lock = None
     if rank == 0:  # one writer per out_dir; a finished run is not overwritten by accident
@@ -413,8 +415,7 @@ def run_training(cfg, preset, rank: int, world: int):
                                   cache_images=cfg.cache_images)
     if main_proc:
         print(dataset.summary())
-    if not dataset.items[0][0].is_file():  # a wrong image_root would otherwise skip every image, silently
-        raise SystemExit(f"{cfg.captions}: first image {dataset.items[0][0]} not found; is --image_root right?")
+    dataset.check_images("--image_root")  # a wrong image_root would otherwise skip every image, silently
     student, teacher, tokenizer = build_models(cfg, device)
     captions_tokenizer = CachedTokenizer(tokenizer)  # the steps' captions: each tokenized once
     concepts, concept_emb, teacher_enc, proposals_table, rpn, tau = [], None, None, {}, None, cfg.tau
@@ -516,8 +517,8 @@ def run_training(cfg, preset, rank: int, world: int):
         bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in values.items()} |
                         {k: f"{v:.2f}" for k, v in info.items()})
         if main_proc and (step % cfg.log_every == 0 or step == cfg.max_steps):
-            metrics.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], "total": total.item(), **values,
-                                      **info, "elapsed_s": round(time.time() - t0, 1)}) + "\n")
+            metrics.write(ckpt.strict_json({"step": step, "lr": scheduler.get_last_lr()[0], "total": total.item(),
+                                            **values, **info, "elapsed_s": round(time.time() - t0, 1)}) + "\n")
             metrics.flush()
         if step % cfg.ckpt_every == 0 and step < cfg.max_steps:
             save(ckpt.checkpoint_path(out, step), step)
@@ -529,14 +530,18 @@ def run_training(cfg, preset, rank: int, world: int):
         ckpt.link_checkpoint(ckpt.checkpoint_path(out, step), out / "final.pt")
         metrics.close()
         ckpt.prune_checkpoints(out, cfg.keep_ckpts)
-        nxt = (f"python train_pretrain.py --preset toy --init {out / 'final.pt'}" if cfg.stage == "clip" else
-               f"python eval_zeroshot.py --checkpoint {out / 'final.pt'}")
+        toy = (preset_of(cfg) or "").startswith("toy")
+        data = "" if toy else " " + flags(cfg, ("captions", "image_root", "image_size", "model_name"))
+        nxt = (f"python train_pretrain.py {'--preset toy' if toy else '--stage regionclip'} --init {out / 'final.pt'}"
+               f"{data}" if cfg.stage == "clip" else
+               f"python eval_zeroshot.py --checkpoint {out / 'final.pt'}"
+               + ("" if toy else " --instances <a COCO-format instances json> --image_root <its images> --scale 1"))
         summary.update(steps=step - start, first_step=start, seconds=round(time.time() - t0, 1),
                        images_skipped_unreadable=skipped_images, batches_skipped_unreadable=skipped_batches,
                        dataset_skipped_at_load=dict(dataset.skipped),
                        batches_no_region_kept=no_region_batches, images_without_proposals_seen=no_proposal_images)
-        (out / "run_summary.json").write_text(json.dumps(summary, indent=2))
-        print(f"run summary ({out / 'run_summary.json'}): {json.dumps(summary)}")
+        ckpt.write_json(out / "run_summary.json", summary)
+        print(f"run summary ({out / 'run_summary.json'}): {ckpt.strict_json(summary)}")
         print(f"done: {step} steps in {time.time() - t0:.0f} s; checkpoint {out / 'final.pt'}; next: {nxt}")
     if dist.is_initialized():
         msg = check_replicas_in_sync(student)
@@ -548,4 +553,4 @@ def run_training(cfg, preset, rank: int, world: int):
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    run_main(main)

@@ -11,7 +11,9 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -40,6 +42,62 @@ def save_checkpoint(path, state: dict) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _finite_or_none(obj):
+    """`obj` with every non-finite float (NaN, inf) replaced by None, recursively through dicts, lists and tuples."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def strict_json(obj, **kwargs) -> str:
+    """json.dumps that writes strict JSON: NaN and inf (an AP with no ground truth, say) become null."""
+    return json.dumps(_finite_or_none(obj), allow_nan=False, **kwargs)
+
+
+def write_json(path, obj) -> Path:
+    """Writes `obj` as strict, indented JSON (see `strict_json`) atomically: a temporary file, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(strict_json(obj, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def file_digest(path) -> str | None:
+    """The first 16 hex digits of the sha256 of a file's content (None if it is not a file): names the weights or
+    the data a result came from, whatever the file is called."""
+    path = Path(path) if path is not None else None
+    if path is None or not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def claim_result(path, inputs: dict, *, overwrite: bool, option: str = "--out") -> None:
+    """Before any work: SystemExit if `path` holds results of other inputs (its "inputs" entry differs from
+    `inputs`) and not `overwrite`. Results of the same inputs are replaced (a rerun)."""
+    path = Path(path)
+    if overwrite or not path.is_file():
+        return
+    try:
+        held = json.loads(path.read_text()).get("inputs")
+    except (OSError, ValueError, AttributeError):
+        held = None
+    if held is None:  # written before results recorded their inputs: replaced, and said
+        print(f"note: {path} records no inputs (an older result); replacing it")
+    elif held != inputs:
+        raise SystemExit(f"{path} holds results of other inputs ({held or 'not recorded'}; this run: {inputs}). "
+                         f"Pass another {option}, or --overwrite true to replace them")
 
 
 def link_checkpoint(src, dst) -> Path:

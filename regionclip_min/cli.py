@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import sys
 import types
 import typing
 
@@ -64,7 +66,8 @@ def parse_config(cls, argv=None, presets: dict | None = None, description: str =
     fields = [f for f in dataclasses.fields(cls) if f.init]
     parsers = {f.name: _field_parser(hints[f.name]) for f in fields}
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    chosen = presets.get(_preset_in(argv), {})  # `--preset X --help` shows the values X sets
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), default=None,
                             help="named settings applied before the options below: " + "; ".join(
@@ -74,7 +77,8 @@ def parse_config(cls, argv=None, presets: dict | None = None, description: str =
         opts = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         parser.add_argument(*opts, dest=f.name, type=parsers[f.name], default=argparse.SUPPRESS,
                             metavar=hints[f.name].__name__ if isinstance(hints[f.name], type) else "VALUE",
-                            help=f"{f.metadata.get('help', '')} (default: {default!r})")
+                            help=f"{f.metadata.get('help', '')} ("
+                            + (f"preset: {chosen[f.name]!r}; " if f.name in chosen else "") + f"default: {default!r})")
     args = vars(parser.parse_args(argv))
     preset_name = args.pop("preset", None)
     values = {}
@@ -86,7 +90,62 @@ def parse_config(cls, argv=None, presets: dict | None = None, description: str =
                 raise KeyError(f"preset {preset_name!r} sets unknown field {k!r}")
             values[k] = parsers[k](_as_text(v))
     values.update(args)
-    return cls(**values), preset_name
+    config = cls(**values)
+    object.__setattr__(config, "_given", frozenset(args))  # see `given`; not a field, so not saved
+    object.__setattr__(config, "_preset", preset_name)
+    return config, preset_name
+
+
+def preset_of(config) -> str | None:
+    """The --preset a config was built with (None: none)."""
+    return getattr(config, "_preset", None)
+
+
+def flags(config, names) -> str:
+    """'--a x --b y' for the fields `names` whose value is not the dataclass default: the part of a next command
+    that points it at the same data and model as this run."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    out = [f"--{n} {_as_text(getattr(config, n))}" for n in names if getattr(config, n) != defaults.get(n)]
+    return " ".join(out)
+
+
+def run_main(main) -> None:
+    """A script's entry point: exit 0 when `main()` returns something, 1 otherwise; a user's mistake that surfaces as
+    FileNotFoundError, ValueError or KeyError (bad files, bad names) ends in one line naming it, not a traceback
+    (REGIONCLIP_TRACEBACK=1 shows the traceback)."""
+    if os.environ.get("REGIONCLIP_TRACEBACK"):
+        sys.exit(0 if main() else 1)
+    try:
+        sys.exit(0 if main() else 1)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        sys.exit(f"error: {e} (REGIONCLIP_TRACEBACK=1 shows where)")
+
+
+def given(config) -> frozenset:
+    """The fields set by `--field value` on the command line (not by a default or a preset)."""
+    return getattr(config, "_given", frozenset())
+
+
+def weights_choice(config) -> None:
+    """`--pretrained W` typed on the command line wins over an `init` that only a default or a preset set (it would
+    otherwise be loaded instead of W, silently); both typed is an error."""
+    typed = given(config)
+    if "pretrained" in typed and config.pretrained is not None and config.init is not None:
+        if "init" in typed:
+            raise SystemExit(f"pass one of --init ({config.init}) and --pretrained ({config.pretrained}), not both")
+        print(f"--pretrained {config.pretrained}: used instead of the default / preset init {config.init}")
+        config.init = None
+
+
+def _preset_in(argv) -> str | None:
+    """The NAME of `--preset NAME` / `--preset=NAME` in argv (None when absent)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, a in enumerate(argv):
+        if a == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--preset="):
+            return a.split("=", 1)[1]
+    return None
 
 
 def config_to_dict(config) -> dict:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
+from tqdm import tqdm
 
 from regionclip_min import official
 
@@ -49,6 +50,7 @@ if "RN-toy" not in open_clip.list_models():
 # The official ensemble: '{}.' and OpenAI's 80 ImageNet templates (open_clip stores them as functions of the name).
 TEMPLATES = ["{}."] + [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
 SINGLE_TEMPLATE = ["a photo of a {}."]
+PROGRESS_PROMPTS = 1024  # encode_texts shows a progress bar from this many prompts on (RN50 on a CPU: ~25 / s)
 QUICK_GELU_HELP = ("text tower activation: none = from the weights (QuickGELU for OpenAI-lineage ResNet weights, GELU "
                    "for RN-toy), true / false forces it")
 
@@ -305,8 +307,10 @@ def encode_texts(model: nn.Module, tokenizer, names: list[str], templates: list[
         raise ValueError("templates must be a non-empty list of strings that each contain '{}'")
     device = next(model.parameters()).device
     prompts = [t.format(clean_name(name)) for name in names for t in templates]  # name-major: row n*T + t
-    chunks = [model.encode_text(tokenizer(prompts[i:i + batch_size]).to(device)).float()  # (b, D)
-              for i in range(0, max(len(prompts), 1), batch_size)]  # one (0, D) call when names is empty
+    starts = range(0, max(len(prompts), 1), batch_size)  # one (0, D) call when names is empty
+    bar = tqdm(starts, desc=f"text: {len(names)} names x {len(templates)} prompts", unit="batch",
+               disable=len(prompts) < PROGRESS_PROMPTS, leave=False)
+    chunks = [model.encode_text(tokenizer(prompts[i:i + batch_size]).to(device)).float() for i in bar]  # (b, D) each
     emb = torch.cat(chunks)  # (N*T, D)
     emb = emb.view(len(names), len(templates), emb.shape[-1]).mean(dim=1)  # (N, D)
     return F.normalize(emb, dim=-1)  # (N, D)

@@ -200,6 +200,22 @@ class _CheckedDataset(Dataset):
             warnings.warn(f"{msg}; further ones are only counted in .skipped", stacklevel=3)
         return None
 
+    def image_paths(self) -> list[Path]:
+        """Every image file the dataset names, in item order."""
+        raise NotImplementedError
+
+    def check_images(self, option: str = "--image_root", sample: int = 8) -> None:
+        """SystemExit before any work when the images are not where the dataset says: a few of them, spread over
+        the list, must exist (a wrong image root would otherwise skip every image, silently)."""
+        paths = self.image_paths()
+        if not paths:
+            raise SystemExit(f"{self.path} lists no image")
+        picks = sorted({round(i * (len(paths) - 1) / max(sample - 1, 1)) for i in range(sample)})
+        missing = [paths[i] for i in picks if not paths[i].is_file()]
+        if missing:
+            raise SystemExit(f"{self.path}: {len(missing)} of {len(picks)} images checked are missing, e.g. "
+                             f"{missing[0]}; is {option} right? (it is {self.image_root})")
+
     def summary(self) -> str:
         """One line: the source file, what was kept and what was skipped per problem kind."""
         skipped = ", ".join(f"{k}={n}" for k, n in sorted(self.skipped.items())) or "nothing"
@@ -301,6 +317,9 @@ class ImageCaptionDataset(_CheckedDataset):
 
     def _kept(self) -> str:
         return f"{len(self.items)} images, {sum(len(c) for _, c, _, _ in self.items)} captions"
+
+    def image_paths(self) -> list[Path]:
+        return [p for p, _, _, _ in self.items]
 
 
 def collate_image_caption(batch: list[dict | None]) -> dict | None:
@@ -447,6 +466,9 @@ class DetectionDataset(_CheckedDataset):
     def _kept(self) -> str:
         return (f"{len(self.images)} images, {sum(len(b) for b in self._boxes)} boxes, "
                 f"{len(self.category_ids)} categories")
+
+    def image_paths(self) -> list[Path]:
+        return [self.image_root / e["file_name"] for e in self.images]
 
 
 def collate_detection(batch: list[tuple[torch.Tensor, dict] | None]) -> tuple[list[torch.Tensor], list[dict]]:

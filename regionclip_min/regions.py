@@ -316,6 +316,30 @@ def grid_boxes(height: int, width: int, *, levels: tuple[int, ...] = (1, 2, 4),
     return torch.cat(out).to(device)  # (sum n^2, 4)
 
 
+def window_boxes(height: int, width: int, *, fractions: tuple[float, ...] = (1.0, 0.7, 0.5, 0.35, 0.25),
+                 ratios: tuple[float, ...] = (1.0, 2.0, 0.5), min_size: float = 16.0,
+                 device: str | torch.device = "cpu") -> torch.Tensor:
+    """Multi-scale sliding windows, proposals that need no training (the demo's fallback without an RPN): for
+    each fraction f of the short side and aspect ratio r (width / height), windows of area (f * short)^2 and shape
+    r, stepped by half their side across the image (the last one flush with the far edge), clipped to the image.
+
+    Returns:
+        (N, 4) float32 xyxy absolute pixels, large windows first; duplicates removed.
+    """
+    short, out = min(height, width), []
+    for f in fractions:
+        for r in ratios:
+            w, h = min(width, f * short * r ** 0.5), min(height, f * short / r ** 0.5)
+            if min(w, h) < min_size:
+                continue
+            xs = torch.arange(0, max(width - w, 0) + 1e-6, w / 2).tolist()
+            ys = torch.arange(0, max(height - h, 0) + 1e-6, h / 2).tolist()
+            xs += [width - w] if xs[-1] < width - w - 1 else []
+            ys += [height - h] if ys[-1] < height - h - 1 else []
+            out += [(round(x, 1), round(y, 1), round(x + w, 1), round(y + h, 1)) for y in ys for x in xs]
+    return torch.tensor(list(dict.fromkeys(out)), dtype=torch.float32, device=device).reshape(-1, 4)  # (N, 4)
+
+
 def load_proposals_file(path: str | os.PathLike) -> dict[int, torch.Tensor]:
     """Read precomputed proposals: a json object {image id: [[x1, y1, x2, y2, score], ...]}.
 

@@ -53,6 +53,17 @@ def build_optimizer(name: str, groups: list[dict], lr: float, momentum: float = 
     raise ValueError(f"optimizer must be adamw or sgd, got {name!r}")
 
 
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' where a CUDA GPU is visible, else 'cpu' (said in one line); 'cuda' (or 'cuda:N') without
+    one -> SystemExit in one line instead of a driver traceback; anything else as it is."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        print(f"--device auto: {device}" + ("" if device == "cuda" else " (no CUDA GPU visible; slow at paper scale)"))
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: no CUDA GPU is visible on this machine; pass --device cpu (or auto)")
+    return device
+
+
 def resolve_amp(amp: str, device) -> str:
     """'none' | 'bf16' | 'auto' -> 'none' or 'bf16'. 'auto' picks bf16 where the hardware computes it natively: a
     CUDA GPU with bf16 support, or a CPU with AVX512-BF16 / AMX-BF16 (elsewhere bf16 on CPU is emulated, slower)."""

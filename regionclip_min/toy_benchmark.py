@@ -127,7 +127,7 @@ def zeroshot(b: Bench, ckpt_step: str, name: str, extra: tuple = ()) -> list[Ste
                  f"{name}", b.results / "zeroshot" / f"{name}-{boxes}.json",
                  ["eval_zeroshot.py", "--checkpoint", ckpt, "--boxes", boxes, "--rpn_checkpoint",
                   b.runs / "rpn" / "final.pt", "--instances", b.data / "instances_val_all.json", "--out",
-                  b.results / "zeroshot" / f"{name}-{boxes}.json", *extra],
+                  b.results / "zeroshot" / f"{name}-{boxes}.json", "--overwrite", "true", *extra],
                  after=(ckpt_step,) if boxes == "gt" else (ckpt_step, "rpn")) for boxes in ("gt", "rpn")]
 
 

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from regionclip_min.checkpoint import write_json
+
 if TYPE_CHECKING:
     from regionclip_min.toy_benchmark import Bench
 
@@ -37,8 +39,19 @@ def rc_dir(b: Bench, tag: str, seed: int) -> Path:
 
 
 # ---- summary.md: CLIP vs RegionCLIP over seeds ------------------------------------------------------------------
+def _nan_for_null(obj):
+    """Result files are strict JSON, with null for a NaN metric: back to NaN, which the tables print as n/a."""
+    if obj is None:
+        return float("nan")
+    if isinstance(obj, dict):
+        return {k: _nan_for_null(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_for_null(v) for v in obj]
+    return obj
+
+
 def _load(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _nan_for_null(json.loads(path.read_text())) if path.is_file() else None
 
 
 def _row(gt: dict | None, rpn_res: dict | None, det: dict | None) -> dict:
@@ -107,7 +120,7 @@ def summarize(b: Bench, tag: str = "full", what: str = "") -> dict:
                "clip": clip_s, "regionclip": rc_s, "per_seed": {"clip": clip_rows, "regionclip": rc_rows},
                "verdict": verdict, "timings": timings, "machine": machine()}
     stem = "summary" if tag == "full" else f"summary-{tag}"
-    (b.results / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+    write_json(b.results / f"{stem}.json", summary)
     md = [f"# Toy benchmark: CLIP vs RegionCLIP ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}: "
           f"{', '.join(map(str, seeds)) or 'none finished'}{what})", "",
           "## Stage 0 reproduces Fig. 1(b)?", "",
@@ -222,7 +235,7 @@ def write_ablations(b: Bench, ablations: list[tuple]) -> None:
            "keep the run short; every transfer's classifier runs at the toy CLIP's own temperature unless the row "
            "says otherwise."]
     (b.results / "ablations.md").write_text("\n".join(md) + "\n")
-    (b.results / "ablations.json").write_text(json.dumps(dict(rows), indent=2))
+    write_json(b.results / "ablations.json", dict(rows))
     print("\n".join(md))
 
 

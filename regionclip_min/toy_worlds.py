@@ -62,7 +62,8 @@ def steps_for(rows: list[tuple], data: Path, runs: Path, results: Path, world_si
         evaluate.append(Step(f"zs-{name}", f"zero-shot GT-box and whole-image top-1 of {name}",
                              results / "worlds" / f"{name}.json",
                              ["eval_zeroshot.py", "--checkpoint", out / "final.pt", "--instances",
-                              data / slug / "instances_val_all.json", "--out", results / "worlds" / f"{name}.json"],
+                              data / slug / "instances_val_all.json", "--out", results / "worlds" / f"{name}.json",
+                              "--overwrite", "true"],
                              after=(f"stage0-{name}",), threads=1))
     return gen + train + evaluate
 

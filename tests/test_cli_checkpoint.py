@@ -9,7 +9,7 @@ import torch
 
 from regionclip_min.checkpoint import (latest_checkpoint, link_checkpoint, load_checkpoint, prune_checkpoints, rng_state,
                                        save_checkpoint, set_rng_state, checkpoint_path)
-from regionclip_min.cli import config_from_dict, config_to_dict, parse_config
+from regionclip_min.cli import config_from_dict, config_to_dict, flags, given, parse_config, preset_of, run_main
 
 
 @dataclasses.dataclass
@@ -51,6 +51,28 @@ def test_help_lists_every_field_with_default(capsys):
     for f in dataclasses.fields(Cfg):
         assert f"--{f.name}" in out
     assert "peak learning rate" in out and "0.001" in out and "big" in out
+
+
+def test_help_with_a_preset_shows_its_values_and_the_given_fields_are_known(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Cfg, ["--preset", "big", "--help"], PRESETS, description="Title.\n\n    python x.py --lr 1")
+    out = capsys.readouterr().out
+    assert "(preset: 1000; default: 10)" in out and "    python x.py --lr 1" in out  # examples kept as typed
+    cfg, _ = parse_config(Cfg, ["--preset", "big", "--lr", "0.5"], PRESETS)
+    assert given(cfg) == {"lr"} and preset_of(cfg) == "big" and config_to_dict(cfg)["lr"] == 0.5
+    assert flags(cfg, ("lr", "max_steps", "use_flip")) == "--lr 0.5 --max_steps 1000"  # only what differs
+
+
+def test_run_main_turns_user_errors_into_one_line(monkeypatch):
+    def bad():
+        raise FileNotFoundError("data/x.json: file not found")
+    monkeypatch.delenv("REGIONCLIP_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as e:
+        run_main(bad)
+    assert str(e.value.code).startswith("error: data/x.json: file not found")
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: {"ok": 1})
+    assert e.value.code == 0
 
 
 def test_preset_with_unknown_field_is_an_error():

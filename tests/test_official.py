@@ -286,9 +286,14 @@ def test_eval_zeroshot_gives_the_same_numbers_for_every_route(official_files, st
                                str(official_files / "toy_12_emb.pth")],
     }
     for route, args in routes.items():
-        got = eval_zeroshot.main([*args, *common, "--out", str(tmp_path / "b.json")])
+        got = eval_zeroshot.main([*args, *common, "--out", str(tmp_path / f"{len(route)}-{route[:8]}.json")])
         for key in ("gt_box_top1", "gt_box_ap50", "whole_image_top1"):
             assert got[key] == pytest.approx(ours[key], abs=1e-6), (route, key)
+    demo = eval_zeroshot.main(["--checkpoint", str(official_files / "regionclip_finetuned-toy.pth"), "--instances",
+                               toy_world["instances_val_all"], "--image", str(toy_world["images"]) + "/val_000003.png",
+                               "--rpn_checkpoint", str(official_files / "rpn.pt"), "--scale", "2", "--out_image",
+                               str(tmp_path / "demo.png"), "--score_thresh", "0"])  # names: its own rows
+    assert demo["detections"] and (tmp_path / "demo.png").is_file()
     bad = tmp_path / "wrong_rows.pth"
     torch.save(torch.randn(5, 64), bad)
     with pytest.raises(SystemExit, match="5 rows, but 12 names"):
@@ -315,13 +320,17 @@ def test_train_detect_eval_only_scores_an_official_detector(official_files, toy_
 
 def test_transfer_and_pretraining_start_from_official_files(official_files, toy_world, tmp_path, capsys):
     pre = official_files / "regionclip_pretrained-toy.pth"
+    emb = torch.load(official_files / "toy_12_emb.pth", weights_only=True)
+    names = DetectionDataset(toy_world["instances_val_all"], toy_world["images"]).category_names
+    torch.save(emb.flip(0), tmp_path / "reversed_emb.pth")  # rows in another order, named by --vocabulary
+    (tmp_path / "reversed_names.txt").write_text("\n".join(reversed(names)) + "\n")
     train_detect.main(["--preset", "toy", "--init", str(pre), "--train_json", toy_world["instances_train_base"],
                        "--val_json", toy_world["instances_val_all"], "--out_dir", str(tmp_path / "det"),
-                       "--class_embeddings", str(official_files / "toy_12_emb.pth"), "--batch_size", "2",
+                       "--class_embeddings", str(tmp_path / "reversed_emb.pth"), "--vocabulary",
+                       str(tmp_path / "reversed_names.txt"), "--batch_size", "2",
                        "--num_workers", "0", "--max_steps", "2", "--warmup_steps", "1", "--rpn_post_nms_top_n_train",
                        "30", "--box_batch_size_per_image", "8", "--eval_at_end", "false", "--quick_gelu", "false"])
     state = load_checkpoint(tmp_path / "det" / "final.pt")
-    emb = torch.load(official_files / "toy_12_emb.pth", weights_only=True)
     assert torch.allclose(state["class_embeddings"]["test"], F.normalize(emb, dim=-1), atol=TOL)
     assert len(state["class_embeddings"]["train"]) == 9
     names = tmp_path / "concepts.txt"

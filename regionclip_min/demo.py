@@ -1,0 +1,82 @@
+"""Zero-shot detection of free-text names in one image, as a Python call (for notebooks and forks).
+
+    from regionclip_min.demo import detect
+    for d in detect("photo.jpg", ["cat", "remote control", "sofa"], "RN50", "regionclip_pretrained-cc_rn50.pth"):
+        print(d["name"], round(d["score"], 3), d["box"])
+
+Weights in (an open_clip name with a weights file or tag, our checkpoints, or an official RegionCLIP checkpoint:
+whatever `clip_model.load_clip` takes), an image and names in, boxes, names and scores out. The proposals are an RPN
+checkpoint's (`rpn=`, train_detect.py --task rpn) or multi-scale sliding windows (`regions.window_boxes`, no
+training needed); each box goes through the region path (res4 -> RoIAlign -> layer4 -> attention pool) and is
+scored by softmax(cos / tau) over the names, times the RPN's objectness ** 0.5, then NMS per name.
+`eval_zeroshot.py --image` is the same on the command line, with a table and a drawing.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.transforms.functional import to_tensor
+
+from regionclip_min.clip_model import TEMPLATES, encode_texts, load_clip
+from regionclip_min.data import open_rgb
+from regionclip_min.detector import load_rpn, propose
+from regionclip_min.evaluation import region_detections, region_embeddings
+from regionclip_min.regions import RegionEncoder, window_boxes
+
+
+def zero_shot_detections(visual, image: torch.Tensor, class_emb: torch.Tensor, *, rpn=None, top_k: int = 100,
+                         scale: float = 1.0, tau: float = 0.01, nms_thresh: float = 0.5,
+                         objectness_power: float = 0.5, encoder=None, device="cpu") -> tuple[list[dict], dict, str]:
+    """(detections best first as region_detections gives them: bbox xywh pixels of `image`, score, category_id =
+    the row of class_emb; the proposals' record; where the proposals came from).
+
+    Args:
+        visual: a CLIP ModifiedResNet (`model.visual`), or pass `encoder` (a region encoder built on it).
+        image: (3, H, W) float RGB in [0, 1].
+        class_emb: (V, D) class-name embeddings.
+        rpn: a ProposalNetwork (`detector.load_rpn`) or None for sliding windows (objectness 1 each).
+    """
+    if rpn is not None:
+        props, source = propose(rpn, [image.to(device)], top_k, with_scores=True)[0].cpu(), "RPN"  # (R, 5)
+    else:
+        windows = window_boxes(image.shape[-2], image.shape[-1])  # (R, 4)
+        props, source = torch.cat([windows, torch.ones(len(windows), 1)], dim=1), "sliding windows"  # (R, 5)
+    encoder = (encoder or RegionEncoder(visual)).eval()
+    emb = region_embeddings(encoder, [image], [props[:, :4]], scale=scale, device=device)[0].cpu()  # (R, D)
+    record = {"image_id": 0, "boxes": props[:, :4], "embeddings": emb,
+              "labels": torch.full((len(props),), -1, dtype=torch.int64), "objectness": props[:, 4]}
+    dets = region_detections([record], class_emb, list(range(len(class_emb))), tau=tau, nms_thresh=nms_thresh,
+                             objectness_power=objectness_power)
+    return dets, record, f"{len(props)} proposals ({source})"
+
+
+@functools.lru_cache(maxsize=2)
+def _model(model_name: str, weights: str | None, device: str):
+    return load_clip(model_name, weights, device=device)
+
+
+def detect(image, names: list[str], model_name: str = "RN50", weights: str | None = None, *, rpn: str | None = None,
+           scale: float = 1.0, tau: float = 0.01, min_score: float = 0.0, max_boxes: int = 10,
+           device: str = "cpu") -> list[dict]:
+    """Detect `names` in `image` (a path, a PIL image, or a (3, H, W) float tensor in [0, 1]).
+
+    Returns at most `max_boxes` dicts {"box": [x1, y1, x2, y2] pixels of the image, "name", "score"}, best first.
+    The model is loaded once per (model_name, weights) and kept for the next call. `scale` enlarges the image before
+    regions are pooled (1 for photos and real CLIPs; 2 for the 128-px toy CLIP).
+    """
+    if not names:
+        raise ValueError("detect needs at least one name")
+    if isinstance(image, (str, Path)):
+        image = to_tensor(open_rgb(image))  # (3, H, W), EXIF orientation applied
+    elif isinstance(image, Image.Image):
+        image = to_tensor(image.convert("RGB"))
+    model, tokenizer = _model(model_name, str(weights) if weights is not None else None, device)
+    class_emb = encode_texts(model, tokenizer, list(names), TEMPLATES).cpu()  # (V, D)
+    dets, _, _ = zero_shot_detections(model.visual, image, class_emb, rpn=load_rpn(rpn, device) if rpn else None,
+                                      scale=scale, tau=tau, device=device)
+    out = [{"box": [x, y, x + w, y + h], "name": names[d["category_id"]], "score": d["score"]}
+           for d in dets if d["score"] >= min_score for x, y, w, h in [d["bbox"]]]
+    return out[:max_boxes]
