@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import UnidentifiedImageError
 from torchvision.transforms.functional import to_tensor
 
@@ -46,7 +45,8 @@ from regionclip_min.clip_model import (QUICK_GELU_HELP, SINGLE_TEMPLATE, TEMPLAT
 from regionclip_min.concepts import read_names
 from regionclip_min.data import DetectionDataset, open_rgb
 from regionclip_min.demo import zero_shot_detections
-from regionclip_min.detector import load_detector, load_rpn, set_vocabulary, visual_state_from_detector
+from regionclip_min.detector import (load_detector, load_official_visual, load_rpn, set_vocabulary,
+                                     visual_state_from_detector)
 from regionclip_min.drawing import draw_detections
 from regionclip_min.evaluation import (encode_regions, named_as, ovd_ap, region_detections,
                                        top1_accuracy, vocabulary_index, whole_image_accuracy)
@@ -129,16 +129,16 @@ class EvalConfig:
                             "weights or data (refused otherwise)"})
 
 
-def load_model(cfg, device):
+def load_model(cfg, device, state: dict | None = None):
     """(CLIP model whose visual is the region path, tokenizer or None, a short description, the model's own class
     embeddings or None). The tokenizer is None for an official detector without --text_checkpoint: it has no text
-    encoder, and its own class embeddings (test_cls_score rows) name the classes."""
+    encoder, and its own class embeddings (test_cls_score rows) name the classes. `state`: --checkpoint already
+    loaded, if it was."""
     if cfg.checkpoint is None:
         model, tok = load_clip(cfg.model_name, cfg.pretrained, device=device, quick_gelu=cfg.quick_gelu)
         return model, tok, f"{cfg.model_name} ({cfg.pretrained or 'random init'})", None
-    state = load_checkpoint(cfg.checkpoint)
-    layout = official.detect_layout(state["model"]) if isinstance(state.get("model"), dict) else None
-    if "kind" not in state and "stage" not in state and layout in (official.PRETRAINED, official.DETECTOR):
+    state = load_checkpoint(cfg.checkpoint) if state is None else state
+    if (layout := official.checkpoint_layout(state)) is not None:
         return load_official(cfg, state["model"], layout, device)
     name = state.get("model_name") or state.get("config", {}).get("model_name")
     kind = state.get("kind") or state.get("stage", "?")
@@ -176,10 +176,7 @@ def load_official(cfg, state: dict, layout: str, device):
     else:  # no text tower: a random one is never used (tok None), the class embeddings come with the detector
         model, tok = load_clip(name, None, device=device, verbose=False)[0], None
         desc = f"{cfg.checkpoint} (official RegionCLIP detector, {name}; its own class embeddings)"
-    try:
-        model.visual.load_state_dict({k[len("visual."):]: v for k, v in parts.visual.items()}, strict=True)
-    except RuntimeError as e:
-        raise SystemExit(f"{cfg.checkpoint}: its backbone does not fit {name!r}: {str(e)[:400]}") from None
+    load_official_visual(model.visual, parts, name)
     print(f"{cfg.checkpoint}: backbone -> the region path; test_cls_score: {len(parts.test_embeddings)} class "
           f"embeddings; its Detectron2 RPN is not used (--boxes rpn takes our --rpn_checkpoint)")
     return model.to(device), tok, desc, parts.test_embeddings
@@ -205,13 +202,11 @@ def class_embeddings(cfg, names: list[str], model, tokenizer, own: torch.Tensor 
     dim = model.visual.attnpool.c_proj.out_features
     if cfg.class_embeddings is not None:
         return official.read_embeddings(cfg.class_embeddings, names, dim=dim)
-    if tokenizer is None:
-        if len(own) != len(names):
-            raise SystemExit(f"{cfg.checkpoint} has {len(own)} class embeddings (test_cls_score) and no text encoder, "
-                             f"but {len(names)} names are to be scored: pass --vocabulary naming its rows in order, "
-                             f"--class_embeddings, or --text_checkpoint (e.g. regionclip_pretrained-cc_rn50.pth) to "
-                             f"encode the names")
-        return F.normalize(own.float(), dim=-1)
+    if tokenizer is None:  # an official detector: its own rows, named in order
+        return official.checked_embeddings(
+            own, names, dim=dim, source=f"{cfg.checkpoint}'s test_cls_score (the detector has no text encoder)",
+            hint="pass --vocabulary naming its rows in order, --class_embeddings, or --text_checkpoint (e.g. "
+                 "regionclip_pretrained-cc_rn50.pth) to encode the names")
     templates = TEMPLATES if cfg.templates == "ensemble" else SINGLE_TEMPLATE
     return encode_texts(model, tokenizer, names, templates).cpu()  # (V, D)
 
@@ -375,11 +370,12 @@ def main(argv=None) -> dict:
     if cfg.image is not None:
         image = read_image(cfg.image)  # a mistyped path stops here, before any model is loaded
         names = vocab or DetectionDataset(cfg.instances, cfg.image_root).category_names
-        model, tokenizer, desc, own = load_model(cfg, device)
+        state = load_checkpoint(cfg.checkpoint) if cfg.checkpoint else None  # read once
+        model, tokenizer, desc, own = load_model(cfg, device, state)
         class_emb = class_embeddings(cfg, names, model, tokenizer, own)  # (V, D)
         detector = None
-        if cfg.checkpoint and load_checkpoint(cfg.checkpoint).get("kind") == "detector":  # ours: run it whole
-            detector = load_detector(cfg.checkpoint, device=device)
+        if state is not None and state.get("kind") == "detector":  # ours: run it whole
+            detector = load_detector(cfg.checkpoint, device=device, state=state)
         return run_demo(cfg, image, model, class_emb, names, desc, device, detector)
 
     # the data, the vocabulary and the images to score are checked before any model is built

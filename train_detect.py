@@ -315,11 +315,13 @@ def build(cfg, train: DetectionDataset, val: DetectionDataset, device) -> tuple[
 def embeddings_from_file(cfg, val: DetectionDataset, dim: int | None) -> tuple[list[str], torch.Tensor]:
     """--class_embeddings: (the names of its rows, (C, D) normalised rows). The rows are named by --vocabulary, else
     they must be the val json's categories in id order (Detectron2's class order)."""
-    if cfg.vocabulary is not None:
-        names, _ = read_names(cfg.vocabulary, dedupe=False)
-    else:
-        names = val.category_names
+    names = row_names(cfg, val)
     return names, official.read_embeddings(cfg.class_embeddings, names, dim=dim)
+
+
+def row_names(cfg, val: DetectionDataset) -> list[str]:
+    """The names of the rows of a class-embedding table: --vocabulary, else the val json's categories in id order."""
+    return read_names(cfg.vocabulary, dedupe=False)[0] if cfg.vocabulary is not None else val.category_names
 
 
 def make_optimizer(cfg, model):
@@ -434,18 +436,16 @@ def eval_only(cfg, out: Path, device) -> Path:
         raise SystemExit(f"--eval_only: {final} does not exist (--checkpoint, or out_dir/final.pt)")
     ckpt.claim_result(out / "results.json", eval_inputs(cfg, final), overwrite=cfg.overwrite, option="--out_dir")
     state = ckpt.load_checkpoint(final)
-    layout = official.detect_layout(state["model"]) if isinstance(state.get("model"), dict) else None
-    if "kind" not in state and layout == official.DETECTOR:
-        _, val = load_datasets(cfg, train=False)
-        val.check_images("--val_image_root")
-        model, emb = official_detector(cfg, final, state["model"], val, device)
-        evaluate(cfg, model, "detector", val, emb, out, None, device, checkpoint=final)
-        return final
-    if state.get("kind") not in ("rpn", "detector"):
+    is_official = official.checkpoint_layout(state) == official.DETECTOR
+    if not is_official and state.get("kind") not in ("rpn", "detector"):
         raise SystemExit(f"--eval_only: {final} is not a train_detect.py checkpoint nor an official RegionCLIP "
                          f"detector (its keys: {official.key_groups(state.get('model', state))})")
     _, val = load_datasets(cfg, train=False)
     val.check_images("--val_image_root")
+    if is_official:
+        model, emb = official_detector(cfg, final, state["model"], val, device)
+        evaluate(cfg, model, "detector", val, emb, out, None, device, checkpoint=final)
+        return final
     emb = None
     if state["kind"] == "rpn":
         model = load_rpn(final, device=device)
@@ -472,13 +472,10 @@ def official_detector(cfg, path: Path, state: dict, val: DetectionDataset, devic
         names, table = embeddings_from_file(cfg, val, dim=parts.test_embeddings.shape[1])
         source = f"--class_embeddings {cfg.class_embeddings}"
     else:
-        names, _ = (read_names(cfg.vocabulary, dedupe=False) if cfg.vocabulary is not None
-                    else (val.category_names, None))
-        table, source = torch.nn.functional.normalize(parts.test_embeddings, dim=-1), f"{path}'s test_cls_score"
-        if len(names) != len(table):
-            raise SystemExit(f"{path}: test_cls_score has {len(table)} rows, but {len(names)} names are given for "
-                             f"them ({'--vocabulary' if cfg.vocabulary else 'the val json categories'}); pass "
-                             f"--vocabulary with the names of its rows in order, or --class_embeddings")
+        names, source = row_names(cfg, val), f"{path}'s test_cls_score"
+        table = official.checked_embeddings(parts.test_embeddings, names, dim=None, source=source,
+                                            hint="pass --vocabulary with the names of its rows in order, or "
+                                                 "--class_embeddings")
     emb = table[official.rows_for(names, val.category_names, source)]  # (K_val, D)
     for note in parts.notes:
         print(f"{path}: {note}")

@@ -273,7 +273,7 @@ def build_concepts(cfg, dataset, teacher, tokenizer, device):
     templates = TEMPLATES if cfg.templates == "ensemble" else SINGLE_TEMPLATE
     init_key = cfg.init or cfg.pretrained or "random"
     if Path(init_key).is_file():  # key the cache by the weights' content, not only their name
-        init_key += ":" + hashlib.sha256(Path(init_key).read_bytes()).hexdigest()[:16]
+        init_key += ":" + ckpt.file_digest(init_key)
     emb = concept_embeddings(teacher, tokenizer, concepts, templates, cache_dir=cfg.concept_cache,
                              model_key=f"{cfg.model_name}|{activation(teacher)}|{init_key}")
     return concepts, emb.to(device)

@@ -29,12 +29,18 @@ CKPT_PATTERN = re.compile(r"ckpt_(\d+)\.pt$")
 
 def save_checkpoint(path, state: dict) -> Path:
     """Atomically writes `state` (plain data and tensors only) to `path`; returns the path."""
+    return _write_atomically(path, lambda f: torch.save(state, f))
+
+
+def _write_atomically(path, write) -> Path:
+    """`write(f)` into a temporary file beside `path`, flushed to disk, then renamed over `path` (os.replace is
+    atomic on POSIX): a run killed at any instant leaves the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -61,13 +67,9 @@ def strict_json(obj, **kwargs) -> str:
 
 
 def write_json(path, obj) -> Path:
-    """Writes `obj` as strict, indented JSON (see `strict_json`) atomically: a temporary file, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(strict_json(obj, indent=2))
-    os.replace(tmp, path)
-    return path
+    """Writes `obj` as strict, indented JSON (see `strict_json`) atomically (see `save_checkpoint`)."""
+    text = strict_json(obj, indent=2).encode("utf-8")
+    return _write_atomically(path, lambda f: f.write(text))
 
 
 def file_digest(path) -> str | None:
@@ -96,7 +98,7 @@ def claim_result(path, inputs: dict, *, overwrite: bool, option: str = "--out") 
     if held is None:  # written before results recorded their inputs: replaced, and said
         print(f"note: {path} records no inputs (an older result); replacing it")
     elif held != inputs:
-        raise SystemExit(f"{path} holds results of other inputs ({held or 'not recorded'}; this run: {inputs}). "
+        raise SystemExit(f"{path} holds results of other inputs ({held}; this run: {inputs}). "
                          f"Pass another {option}, or --overwrite true to replace them")
 
 

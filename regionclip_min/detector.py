@@ -372,9 +372,11 @@ def propose(rpn: ProposalNetwork, images, top_k: int, *, clip_normalized: bool =
     return out
 
 
-def load_detector(checkpoint_path, *, vocabulary: str = "test", device="cpu") -> GeneralizedRCNN:
-    """A detector from a train_detect.py checkpoint, with its "train" (base) or "test" (all) vocabulary, eval mode."""
-    state = load_checkpoint(checkpoint_path, map_location=device)
+def load_detector(checkpoint_path, *, vocabulary: str = "test", device="cpu", state: dict | None = None
+                  ) -> GeneralizedRCNN:
+    """A detector from a train_detect.py checkpoint, with its "train" (base) or "test" (all) vocabulary, eval mode.
+    `state`: the checkpoint already loaded (load_checkpoint), so that it is not read twice."""
+    state = load_checkpoint(checkpoint_path, map_location=device) if state is None else state
     if state.get("kind") != "detector":
         raise ValueError(f"{checkpoint_path} is not a detector checkpoint (kind {state.get('kind')!r})")
     offline = None
@@ -399,27 +401,31 @@ def visual_state_from_detector(detector_state: dict) -> dict:
     return out
 
 
-def detector_from_official(parts: official.DetectorParts, model_name: str, *, offline_rpn: ProposalNetwork,
-                           vocabulary: str = "test", class_embeddings: torch.Tensor | None = None,
-                           device="cpu", **detector_kwargs) -> GeneralizedRCNN:
-    """Our detector from an official fine-tuned RegionCLIP detector (`official.detector_parts`), in eval mode.
-
-    Mapped: the CLIP ResNet (backbone = stem..layer3, box head = layer4 + attnpool, loaded strictly into open_clip's
-    `visual`), the class-agnostic `bbox_pred`, and the class embeddings: `test_cls_score` ("test") or `cls_score`
-    ("train") rows as the vocabulary, unless `class_embeddings` (K, D) replaces them. The official model's zero
-    background embedding is our constant zero background logit. Not mapped: its Detectron2 R50 RPN, so the
-    proposals come from `offline_rpn`, one of our ProposalNetworks (a frozen offline RPN, as the official one is)."""
-    visual = _visual(model_name, device)
-    visual_state = {k[len("visual."):]: v for k, v in parts.visual.items()}
+def load_official_visual(visual: nn.Module, parts: official.DetectorParts, model_name: str) -> nn.Module:
+    """An official detector's backbone (the whole ModifiedResNet) loaded strictly into open_clip's `visual`; an
+    error that names the architecture the weights do fit."""
     try:
-        visual.load_state_dict(visual_state, strict=True)
+        visual.load_state_dict({k[len("visual."):]: v for k, v in parts.visual.items()}, strict=True)
     except RuntimeError as e:
         fits = guess_model_name(parts.visual)
         raise ValueError(f"the detector's backbone does not fit open_clip's {model_name!r} visual tower"
                          + (f"; it has the shapes of {fits!r}: pass --model_name {fits}" if fits else "")
                          + f" ({str(e)[:300]})") from None
-    if class_embeddings is None:
-        class_embeddings = parts.test_embeddings if vocabulary == "test" else parts.train_embeddings
+    return visual
+
+
+def detector_from_official(parts: official.DetectorParts, model_name: str, *, offline_rpn: ProposalNetwork,
+                           class_embeddings: torch.Tensor | None = None, device="cpu",
+                           **detector_kwargs) -> GeneralizedRCNN:
+    """Our detector from an official fine-tuned RegionCLIP detector (`official.detector_parts`), in eval mode.
+
+    Mapped: the CLIP ResNet (backbone = stem..layer3, box head = layer4 + attnpool, loaded strictly into open_clip's
+    `visual`), the class-agnostic `bbox_pred`, and the class embeddings: the `test_cls_score` rows as the
+    vocabulary, unless `class_embeddings` (K, D) replaces them. The official model's zero
+    background embedding is our constant zero background logit. Not mapped: its Detectron2 R50 RPN, so the
+    proposals come from `offline_rpn`, one of our ProposalNetworks (a frozen offline RPN, as the official one is)."""
+    visual = load_official_visual(_visual(model_name, device), parts, model_name)
+    class_embeddings = parts.test_embeddings if class_embeddings is None else class_embeddings
     detector = build_detector(visual, class_embeddings, offline_rpn=offline_rpn, **detector_kwargs)
     detector.roi_heads.box_predictor.bbox_pred.load_state_dict(parts.bbox_pred, strict=True)
     return detector.to(device).eval()

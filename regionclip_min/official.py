@@ -86,6 +86,15 @@ def detect_layout(state: dict) -> str | None:
     return None
 
 
+def checkpoint_layout(checkpoint: dict) -> str | None:
+    """PRETRAINED or DETECTOR for a loaded official checkpoint ({"model": state}), None otherwise: our own
+    checkpoints record what they are ("kind" or "stage") and are read as such."""
+    if "kind" in checkpoint or "stage" in checkpoint or not isinstance(checkpoint.get("model"), dict):
+        return None
+    layout = detect_layout(checkpoint["model"])
+    return layout if layout in (PRETRAINED, DETECTOR) else None
+
+
 def unknown_layout_error(path, state: dict) -> ValueError:
     return ValueError(f"{path}: not a CLIP or RegionCLIP state dict of a known layout. Expected the keys of one of: "
                       f"{EXPECTED}. Found: {key_groups(state) or 'no keys'}")
@@ -203,15 +212,21 @@ def read_embeddings(path, names: list[str], *, dim: int | None = None, option: s
     if not torch.is_tensor(emb) or emb.ndim != 2:
         what = f"a tensor of shape {tuple(emb.shape)}" if torch.is_tensor(emb) else f"a {type(emb).__name__}"
         raise SystemExit(f"{option} {path} holds {what}; expected a bare (C, D) tensor of text embeddings")
+    return checked_embeddings(emb, names, dim=dim, source=f"{option} {path}")
+
+
+def checked_embeddings(emb: torch.Tensor, names: list[str], *, dim: int | None, source: str,
+                       hint: str = "the names file must list one name per row, in the file's order") -> torch.Tensor:
+    """(C, D) class embeddings whose row c embeds names[c], checked: C = len(names), D = dim when given, finite and
+    non-zero rows (SystemExit naming `source` otherwise). Returns them as float32 with L2-normalised rows."""
     if len(emb) != len(names):
-        raise SystemExit(f"{option} {path} has {len(emb)} rows, but {len(names)} names were given for them "
-                         f"({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}); the names file must list one "
-                         f"name per row, in the file's order")
+        raise SystemExit(f"{source} has {len(emb)} rows, but {len(names)} names were given for them "
+                         f"({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}); {hint}")
     if dim is not None and emb.shape[1] != dim:
-        raise SystemExit(f"{option} {path} has D = {emb.shape[1]}, the model embeds to D = {dim} (RN50: 1024, "
+        raise SystemExit(f"{source} has D = {emb.shape[1]}, the model embeds to D = {dim} (RN50: 1024, "
                          f"RN50x4: 640): embeddings of another model")
     if not torch.isfinite(emb).all() or (emb.norm(dim=1) == 0).any():
-        raise SystemExit(f"{option} {path} has non-finite or all-zero rows")
+        raise SystemExit(f"{source} has non-finite or all-zero rows")
     return F.normalize(emb.float(), dim=-1)
 
 
