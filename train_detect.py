@@ -19,11 +19,16 @@ function of (seed, step): the global RNG is reseeded from the step's generator, 
 """
 from __future__ import annotations
 
+from regionclip_min.cli import answer_usage
+from regionclip_min.configs.detect import COCO_OVD_BASE, COCO_OVD_NOVEL, PRESETS, DetectConfig
+
+if __name__ == "__main__":  # --help and option mistakes answered before the heavy imports below
+    answer_usage(DetectConfig, PRESETS, __doc__)
+
 import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,7 +38,7 @@ from regionclip_min import checkpoint as ckpt
 from regionclip_min import official
 from regionclip_min.cli import (config_to_dict, flags, format_config, parse_config, preset_of, run_main,
                                 weights_choice)
-from regionclip_min.clip_model import QUICK_GELU_HELP, SINGLE_TEMPLATE, TEMPLATES, encode_texts, load_clip
+from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, encode_texts, load_clip
 from regionclip_min.concepts import read_names
 from regionclip_min.data import DetectionDataset, collate_detection, hflip
 from regionclip_min.detector import (ProposalNetwork, build_detector, detector_from_official, load_detector,
@@ -43,134 +48,8 @@ from regionclip_min.evaluation import detect, ovd_ap, proposal_recall
 from regionclip_min.runtime import poll_threads
 from regionclip_min.steps import StepSampler, build_optimizer, resolve_device, step_generator
 
-# The open-vocabulary COCO split of OVR-CNN (48 base / 17 novel of the 80 COCO classes; the other 15 are unused).
-COCO_OVD_BASE = (
-    "person", "bicycle", "car", "motorcycle", "train", "truck", "boat", "bench", "bird", "horse", "sheep", "bear",
-    "zebra", "giraffe", "backpack", "handbag", "suitcase", "frisbee", "skis", "kite", "surfboard", "bottle", "fork",
-    "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "pizza", "donut", "chair", "bed",
-    "toilet", "tv", "laptop", "mouse", "remote", "microwave", "oven", "toaster", "refrigerator", "book", "clock",
-    "vase", "toothbrush")
-COCO_OVD_NOVEL = ("airplane", "bus", "cat", "dog", "cow", "elephant", "umbrella", "tie", "snowboard", "skateboard",
-                  "cup", "knife", "cake", "couch", "keyboard", "sink", "scissors")
 
 
-@dataclass
-class DetectConfig:
-    # ---- what to train
-    task: str = field(default="detector", metadata={"help": "'detector': open-vocabulary Faster R-CNN; 'rpn': "
-                      "class-agnostic proposal network on the base boxes"})
-    # ---- data
-    train_json: str = field(default="data/toy/instances_train_base.json", metadata={"help": "COCO instances json"})
-    val_json: str = field(default="data/toy/instances_val_all.json", metadata={"help": "all-category COCO json"})
-    image_root: str | None = field(default=None, metadata={"help": "image folder (default: 'images/' beside the "
-                                   "json if it exists, else the json's folder)"})
-    val_image_root: str | None = field(default=None, metadata={"help": "val image folder (default: as image_root)"})
-    category_split: str = field(default="json", metadata={"help": "'json': base/novel from each category's 'split' "
-                                "field; 'coco-ovd': OVR-CNN's 48 base / 17 novel COCO names"})
-    drop_empty: bool = field(default=False, metadata={"help": "leave out training images without a base box"})
-    min_sizes: str = field(default="256", metadata={"help": "training short sides, comma-separated (one drawn per "
-                           "step); the last is the test size (torchvision's rule). Toy: 256 = 2x (DESIGN §5.1)"})
-    max_size: int = field(default=256, metadata={"help": "longest side after resizing"})
-    hflip: bool = field(default=True, metadata={"help": "random horizontal flips in training"})
-    num_workers: int = 1
-    # ---- model
-    model_name: str = field(default="RN-toy", metadata={"help": "open_clip model (RN-toy, RN50, RN50x4)"})
-    init: str | None = field(default="runs/toy/final.pt", metadata={"help": "RegionCLIP or stage-0 CLIP checkpoint "
-                             "(ours), or a CLIP weights file; its text encoder embeds the class names"})
-    pretrained: str | None = field(default=None, metadata={"help": "open_clip tag or weights file if init is None"})
-    quick_gelu: bool | None = field(default=None, metadata={"help": QUICK_GELU_HELP})
-    templates: str = field(default="ensemble", metadata={"help": "class-name prompts: 'ensemble' (the official 81) "
-                           "or 'single'"})
-    class_embeddings: str | None = field(default=None, metadata={"help": "a (C, D) tensor file of class-name "
-                                         "embeddings (e.g. the official coco_65_cls_emb.pth) used instead of encoding "
-                                         "the names; its rows are named by --vocabulary, or are the val json's "
-                                         "categories sorted by id"})
-    vocabulary: str | None = field(default=None, metadata={"help": "with --class_embeddings: the names of its rows, "
-                                   "in order ('a,b,c' or a text file, one per line)"})
-    tau: float = field(default=0.01, metadata={"help": "classifier temperature (paper 0.01)"})
-    tau_from_init: bool = field(default=False, metadata={"help": "classifier temperature = the loaded CLIP's own "
-                                "1/exp(logit_scale), replacing --tau: 0.01 for OpenAI's CLIP (the paper's value), "
-                                "~0.057 for the toy CLIP (toy preset)"})
-    focal_gamma: float = field(default=0.5, metadata={"help": "focal scaling gamma (COCO 0.5; 0 = plain CE)"})
-    background_weight: float = field(default=0.2, metadata={"help": "CE weight of background RoIs (COCO 0.2)"})
-    rpn: str = field(default="joint", metadata={"help": "'joint': RPN trained with the detector (torchvision's "
-                     "default); 'offline': frozen ProposalNetwork from --rpn_checkpoint (the paper's)"})
-    rpn_checkpoint: str | None = field(default=None, metadata={"help": "train_detect.py --task rpn checkpoint"})
-    anchor_sizes: str = field(default="32,64,128,256", metadata={"help": "anchor sides in pixels (one level)"})
-    aspect_ratios: str = "0.5,1.0,2.0"
-    rpn_pre_nms_top_n_train: int = 1000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_train: int = field(default=200, metadata={"help": "proposals per image into RoI sampling"})
-    rpn_post_nms_top_n_test: int = 300
-    rpn_nms_thresh: float = 0.7
-    rpn_batch_size_per_image: int = 256
-    box_batch_size_per_image: int = field(default=32, metadata={"help": "RoIs sampled per image. CPU roi_align "
-                                          "backward is single-threaded and the box head runs per RoI: keep small"})
-    box_positive_fraction: float = 0.25
-    roi_sampling_ratio: int = field(default=0, metadata={"help": "RoIAlign samples per bin side (0: adaptive, one "
-                                    "per bin here; torchvision's default 2 costs 4 samples per bin)"})
-    box_score_thresh: float = 0.05
-    box_nms_thresh: float = 0.5
-    detections_per_img: int = 100
-    channels_last: bool = field(default=True, metadata={"help": "channels-last convolutions (faster on CPU)"})
-    # ---- optimisation
-    optimizer: str = field(default="adamw", metadata={"help": "adamw | sgd"})
-    lr: float = field(default=4e-4, metadata={"help": "toy, 600 steps, CLIP init: AP50 all 0.35 at 4e-4, 0.12 at "
-                      "1e-4"})
-    new_layers_lr_mult: float = field(default=10.0, metadata={"help": "lr factor of the randomly initialised RPN "
-                                      "head and box regressor"})
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    warmup_steps: int = 50
-    schedule: str = field(default="cosine", metadata={"help": "'cosine' to 0, or 'step' (x0.1 at 2/3 and 8/9)"})
-    max_steps: int = 600
-    batch_size: int = 8
-    grad_clip: float = field(default=5.0, metadata={"help": "max gradient norm; 0 disables"})
-    # ---- evaluation
-    eval_at_end: bool = True
-    eval_only: bool = field(default=False, metadata={"help": "only evaluate --checkpoint (default "
-                            "out_dir/final.pt) and write out_dir/results.json"})
-    checkpoint: str | None = field(default=None, metadata={"help": "--eval_only: the detector to score: ours, or an "
-                                   "official fine-tuned RegionCLIP detector (regionclip_finetuned-*.pth; its "
-                                   "Detectron2 RPN is not loaded: pass --rpn_checkpoint, one of our RPNs)"})
-    eval_max_images: int | None = field(default=None, metadata={"help": "evaluate on the first N val images"})
-    eval_batch_size: int = 16
-    draw_images: int = field(default=6, metadata={"help": "val images drawn with predictions to predictions/"})
-    # ---- run
-    out_dir: str = "runs/toy-det"
-    seed: int = 0
-    device: str = field(default="cpu", metadata={"help": "cpu | cuda | auto (cuda where a GPU is visible)"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default, one per core); "
-                         "1 avoids thrashing on a machine shared with other jobs"})
-    log_every: int = 10
-    ckpt_every: int = 200
-    keep_ckpts: int = 2
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in out_dir"})
-    overwrite: bool = field(default=False, metadata={"help": "start again in an out_dir that holds a run (its "
-                            "checkpoints and metrics are deleted), or take it over from a live run"})
-
-
-PRESETS = {
-    "toy-rpn": dict(_doc="class-agnostic RPN on the toy base boxes, from the stage-0 CLIP (offline RPN, proposals)",
-                    task="rpn", init="runs/toy-clip/final.pt", lr=1e-3, new_layers_lr_mult=1.0, max_steps=600,
-                    batch_size=8, warmup_steps=50, out_dir="runs/toy-rpn"),
-    "toy": dict(_doc="open-vocabulary detection on the toy world from the RegionCLIP checkpoint (9 base -> 12); the "
-                "classifier at the toy CLIP's own temperature, as the paper's 0.01 is OpenAI CLIP's own",
-                task="detector", init="runs/toy/final.pt", lr=4e-4, max_steps=600, batch_size=8, tau_from_init=True,
-                out_dir="runs/toy-det"),
-    "coco-ovd-rn50": dict(_doc="paper: COCO 48/17, RN50, SGD lr 0.002, batch 16, 90k iters, 640-800 / 800 px",
-                          task="detector", model_name="RN50", init="runs/rn50-coco/final.pt",
-                          train_json="data/coco/annotations/instances_train2017.json",
-                          val_json="data/coco/annotations/instances_val2017.json", image_root="data/coco/train2017",
-                          val_image_root="data/coco/val2017", category_split="coco-ovd", drop_empty=True,
-                          min_sizes="640,672,704,736,768,800", max_size=1333, anchor_sizes="32,64,128,256,512",
-                          rpn_pre_nms_top_n_train=12000, rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_train=2000,
-                          rpn_post_nms_top_n_test=1000, box_batch_size_per_image=512, focal_gamma=0.5,
-                          background_weight=0.2, optimizer="sgd", lr=0.002, new_layers_lr_mult=1.0,
-                          weight_decay=1e-4, warmup_steps=1000, schedule="step", max_steps=90_000, batch_size=16,
-                          grad_clip=0.0, channels_last=False, device="auto", num_workers=8, ckpt_every=5000,
-                          draw_images=10, out_dir="runs/coco-ovd-rn50"),
-}
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -487,7 +366,7 @@ def official_detector(cfg, path: Path, state: dict, val: DetectionDataset, devic
 
 
 def main(argv=None):
-    cfg, preset = parse_config(DetectConfig, argv, PRESETS, description="\n\n".join(__doc__.split("\n\n")[:2]))
+    cfg, preset = parse_config(DetectConfig, argv, PRESETS, description=__doc__)
     weights_choice(cfg)
     check_config(cfg)
     cfg.device = resolve_device(cfg.device)

@@ -17,6 +17,12 @@ run resumed with --resume ends with the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
+from regionclip_min.cli import answer_usage
+from regionclip_min.configs.pretrain import PRESETS, PretrainConfig
+
+if __name__ == "__main__":  # --help and option mistakes answered before the heavy imports below
+    answer_usage(PretrainConfig, PRESETS, __doc__)
+
 import contextlib
 import copy
 import dataclasses
@@ -25,7 +31,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,8 +42,7 @@ from tqdm import tqdm
 from regionclip_min import checkpoint as ckpt
 from regionclip_min.cli import (config_to_dict, flags, format_config, parse_config, preset_of, run_main,
                                 weights_choice)
-from regionclip_min.clip_model import (QUICK_GELU_HELP, SINGLE_TEMPLATE, TEMPLATES, CachedTokenizer, activation,
-                                      is_quick_gelu, load_clip)
+from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, CachedTokenizer, activation, is_quick_gelu, load_clip
 from regionclip_min.concepts import backend as concept_backend
 from regionclip_min.concepts import build_concept_pool, concept_embeddings, read_names
 from regionclip_min.data import ImageCaptionDataset, boxes_to_transformed, collate_image_caption
@@ -52,121 +56,6 @@ from regionclip_min.runtime import poll_threads
 from regionclip_min.steps import StepSampler, build_optimizer, resolve_amp, resolve_device, step_generator
 
 
-@dataclass
-class PretrainConfig:
-    # ---- what to train
-    stage: str = field(default="regionclip", metadata={"help": "'clip': stage 0, image-text loss on the whole "
-                       "image tower, both towers trained; 'regionclip': the paper's region-text pretraining"})
-    # ---- data
-    captions: str = field(default="data/toy/captions_train.json",
-                          metadata={"help": "COCO captions json or TSV of image_path<TAB>caption"})
-    image_root: str | None = field(default=None, metadata={"help": "image folder (default: toy layout "
-                                   "'images/' beside a json, else the file's folder)"})
-    image_size: int = field(default=128, metadata={"help": "side of the (square, centre-cropped) training image"})
-    region_scale: float = field(default=2.0, metadata={"help": "images are enlarged by this before region pooling "
-                                "(DESIGN §5.1: a 128-px CLIP needs 2-3x; the paper pools from 800-px images)"})
-    hflip: bool = field(default=True, metadata={"help": "random horizontal flips"})
-    num_workers: int = field(default=1, metadata={"help": "DataLoader worker processes"})
-    cache_images: bool = field(default=False, metadata={"help": "keep decoded images in memory after their first "
-                               "read (3 x image_size^2 bytes each); with num_workers 0, for many epochs over a small "
-                               "set (toy stage 0: 0.42 -> 0.37 s/step)"})
-    # ---- model
-    model_name: str = field(default="RN-toy", metadata={"help": "open_clip model name (RN-toy, RN50, RN50x4)"})
-    pretrained: str | None = field(default=None, metadata={"help": "open_clip tag (openai) or local weights file "
-                                   "for the initial CLIP; None = random init"})
-    init: str | None = field(default=None, metadata={"help": "checkpoint to start from: ours (stage-0 CLIP for "
-                             "'regionclip'), or an official RegionCLIP one (regionclip_pretrained-*.pth, "
-                             "teacher_*_OAI_CLIP.pth: student and text tower, teacher and RPN dropped); overrides "
-                             "pretrained"})
-    quick_gelu: bool | None = field(default=None, metadata={"help": QUICK_GELU_HELP})
-    # ---- concepts and pseudo-labels (regionclip)
-    concept_min_count: int = field(default=1, metadata={"help": "keep caption nouns seen at least this often "
-                                   "(paper: 100)"})
-    max_concepts: int | None = field(default=None, metadata={"help": "cap on the concept pool size"})
-    concepts: str | None = field(default=None, metadata={"help": "use these concept names ('a,b,c' or a text file, "
-                                 "one per line) instead of the nouns parsed from the captions (ablation: class "
-                                 "names only)"})
-    templates: str = field(default="ensemble", metadata={"help": "'ensemble' (the official 81: '{}.' + OpenAI's 80 "
-                           "ImageNet prompts) or 'single'"})
-    concept_embeddings: str | None = field(default=None, metadata={"help": "a (C, D) tensor file of concept "
-                                           "embeddings (e.g. the official googlecc_nouns_*.pth) used instead of "
-                                           "encoding the pool; needs --concepts naming its C rows in order"})
-    concept_cache: str | None = field(default="data/cache", metadata={"help": "folder caching concept embeddings"})
-    proposals: str = field(default="random", metadata={"help": "random | grid | file | rpn"})
-    proposals_per_image: int = field(default=16, metadata={"help": "regions per image (paper: 100 of 300 RPN)"})
-    proposals_file: str | None = field(default=None, metadata={"help": "json image id -> [[x1,y1,x2,y2,score]] in "
-                                       "the pixels of the image_size training image (scaled by region_scale here)"})
-    rpn_checkpoint: str | None = field(default=None, metadata={"help": "class-agnostic RPN from train_detect.py "
-                                       "--preset toy-rpn, for --proposals rpn"})
-    rpn_top_k: int = field(default=300, metadata={"help": "rpn: keep the top-k boxes after NMS 0.5, then sample "
-                           "proposals_per_image of them at random (paper: 300, 100)"})
-    tau: float = field(default=0.01, metadata={"help": "temperature of region losses and pseudo-labels (paper)"})
-    tau_from_teacher: bool = field(default=False, metadata={"help": "use the teacher's own 1/logit_scale as tau"})
-    image_tau_from_teacher: bool = field(default=False, metadata={"help": "image-text loss at the teacher's own "
-                                         "1/logit_scale, region losses at tau (not the paper's: an experiment, "
-                                         "README 'Toy benchmark')"})
-    teacher: str = field(default="pooled", metadata={"help": "how the frozen teacher embeds a proposal: 'pooled' "
-                         "(the paper: RoIAlign on its res4 map, res5, attention pool) or 'crop' (not the paper's: "
-                         "ViLD-style, the box cut out and encoded as a whole image; regions.CropEncoder)"})
-    crop_context: float = field(default=1.25, metadata={"help": "--teacher crop: side of the square crop over the "
-                                "box's longer side"})
-    pseudo_threshold: float = field(default=0.1, metadata={"help": "keep region iff max concept prob > this"})
-    negatives: str = field(default="batch", metadata={"help": "region-text negatives: 'batch' or 'pool'"})
-    # ---- loss weights (the total is their weighted sum; paper: all 1)
-    w_region: float = 1.0
-    w_distill: float = 1.0
-    w_image: float = 1.0
-    # ---- optimisation
-    optimizer: str = field(default="adamw", metadata={"help": "adamw | sgd"})
-    lr: float = 1e-4
-    weight_decay: float = 0.1
-    momentum: float = 0.9
-    warmup_steps: int = 100
-    max_steps: int = 600
-    batch_size: int = field(default=16, metadata={"help": "images per step per process"})
-    grad_clip: float = field(default=5.0, metadata={"help": "max gradient norm; 0 disables"})
-    # ---- run
-    out_dir: str = "runs/toy"
-    seed: int = 0
-    device: str = field(default="cpu", metadata={"help": "cpu | cuda | auto (cuda where a GPU is visible)"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default, one per core); "
-                         "1 avoids thrashing on a machine shared with other jobs"})
-    channels_last: bool = field(default=True, metadata={"help": "channels-last memory format for the image tower "
-                                "(1.7x faster convolutions on CPU here; same outputs up to float rounding)"})
-    amp: str = field(default="none", metadata={"help": "'bf16': model forwards under bfloat16 autocast (weights, "
-                     "losses and optimizer stay float32); 'none': float32 throughout; 'auto': bf16 where the "
-                     "hardware has it natively (AVX512-BF16/AMX CPUs, bf16 GPUs). Stage 0 of the toy world: 1.3x "
-                     "faster on this machine's CPU; results differ by more than rounding"})
-    log_every: int = 10
-    ckpt_every: int = field(default=200, metadata={"help": "checkpoint every N steps (and at the end)"})
-    keep_ckpts: int = field(default=2, metadata={"help": "step checkpoints kept on disk (0 = all)"})
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in out_dir"})
-    overwrite: bool = field(default=False, metadata={"help": "start again in an out_dir that holds a run (its "
-                            "checkpoints and metrics are deleted), or take it over from a live run"})
-
-
-PRESETS = {
-    "toy-clip": dict(_doc="stage 0: a tiny CLIP on the toy captions (the teacher / 'CLIP' baseline)",
-                     stage="clip", model_name="RN-toy", region_scale=1.0, lr=2e-3, weight_decay=0.1,
-                     warmup_steps=100, max_steps=2500, batch_size=64, ckpt_every=500, out_dir="runs/toy-clip",
-                     num_workers=0, cache_images=True),
-    "toy": dict(_doc="RegionCLIP on the toy world from the toy-clip checkpoint", stage="regionclip",
-                init="runs/toy-clip/final.pt", model_name="RN-toy", region_scale=2.0, lr=1e-4, weight_decay=0.1,
-                warmup_steps=50, max_steps=600, batch_size=16, proposals_per_image=16, out_dir="runs/toy"),
-    "rn50-coco": dict(_doc="paper: RN50 (openai) on COCO Captions, short side 800, SGD lr 0.002",
-                      stage="regionclip", model_name="RN50", pretrained="openai",
-                      captions="data/coco/annotations/captions_train2017.json",
-                      image_root="data/coco/train2017", image_size=800, region_scale=1.0, concept_min_count=100,
-                      proposals="random", proposals_per_image=100, optimizer="sgd", lr=0.002, weight_decay=1e-4,
-                      momentum=0.9, warmup_steps=1000, max_steps=600_000, batch_size=96, device="auto",
-                      ckpt_every=5000, out_dir="runs/rn50-coco", num_workers=8),
-    "rn50-cc3m": dict(_doc="paper: RN50 (openai) on CC3M (image_path<TAB>caption TSV), short side 800",
-                      stage="regionclip", model_name="RN50", pretrained="openai", captions="data/cc3m/train.tsv",
-                      image_root=None, image_size=800, region_scale=1.0, concept_min_count=100,
-                      proposals="random", proposals_per_image=100, optimizer="sgd", lr=0.002, weight_decay=1e-4,
-                      momentum=0.9, warmup_steps=1000, max_steps=600_000, batch_size=96, device="auto",
-                      ckpt_every=5000, out_dir="runs/rn50-cc3m", num_workers=8),
-}
 
 
 # ---- distributed ------------------------------------------------------------------------------------------
@@ -351,7 +240,7 @@ def resolve_paths(cfg):
 
 
 def main(argv=None):
-    cfg, preset = parse_config(PretrainConfig, argv, PRESETS, description="\n\n".join(__doc__.split("\n\n")[:2]))
+    cfg, preset = parse_config(PretrainConfig, argv, PRESETS, description=__doc__)
     weights_choice(cfg)
     cfg = resolve_paths(cfg)
     if cfg.stage not in ("clip", "regionclip"):

@@ -56,7 +56,8 @@ def _as_text(value) -> str:
 
 
 def parse_config(cls, argv=None, presets: dict | None = None, description: str = ""):
-    """Builds a `cls` instance from defaults, `--preset NAME` and `--field value` overrides.
+    """Builds a `cls` instance from defaults, `--preset NAME` and `--field value` overrides. `description` is the
+    script's docstring: its first two paragraphs (what it does, the usage examples) head `--help`.
 
     Returns:
         (config, preset_name) where preset_name is None when no preset was given.
@@ -65,7 +66,7 @@ def parse_config(cls, argv=None, presets: dict | None = None, description: str =
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
     parsers = {f.name: _field_parser(hints[f.name]) for f in fields}
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
+    parser = argparse.ArgumentParser(description="\n\n".join(description.split("\n\n")[:2]), allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     chosen = presets.get(_preset_in(argv), {})  # `--preset X --help` shows the values X sets
     if presets:
@@ -94,6 +95,12 @@ def parse_config(cls, argv=None, presets: dict | None = None, description: str =
     object.__setattr__(config, "_given", frozenset(args))  # see `given`; not a field, so not saved
     object.__setattr__(config, "_preset", preset_name)
     return config, preset_name
+
+
+def answer_usage(cls, presets: dict | None = None, description: str = "") -> None:
+    """Parses the command line once before a script imports torch, torchvision and open_clip (~6 s): `--help`,
+    `--preset X --help` and a mistyped or ill-typed option are answered at once. The script's `main` parses again."""
+    parse_config(cls, None, presets, description)
 
 
 def preset_of(config) -> str | None:

@@ -51,8 +51,6 @@ if "RN-toy" not in open_clip.list_models():
 TEMPLATES = ["{}."] + [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
 SINGLE_TEMPLATE = ["a photo of a {}."]
 PROGRESS_PROMPTS = 1024  # encode_texts shows a progress bar from this many prompts on (RN50 on a CPU: ~25 / s)
-QUICK_GELU_HELP = ("text tower activation: none = from the weights (QuickGELU for OpenAI-lineage ResNet weights, GELU "
-                   "for RN-toy), true / false forces it")
 
 
 def clean_name(name: str) -> str:

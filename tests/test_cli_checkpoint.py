@@ -3,6 +3,9 @@ import dataclasses
 import os
 import pickle
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,6 +64,20 @@ def test_help_with_a_preset_shows_its_values_and_the_given_fields_are_known(caps
     cfg, _ = parse_config(Cfg, ["--preset", "big", "--lr", "0.5"], PRESETS)
     assert given(cfg) == {"lr"} and preset_of(cfg) == "big" and config_to_dict(cfg)["lr"] == 0.5
     assert flags(cfg, ("lr", "max_steps", "use_flip")) == "--lr 0.5 --max_steps 1000"  # only what differs
+
+
+@pytest.mark.parametrize("script", ["train_pretrain.py", "train_detect.py", "eval_zeroshot.py"])
+@pytest.mark.parametrize("argv, code", [(["--help"], 0), (["--no_such_option", "1"], 2)])
+def test_scripts_answer_help_and_typos_before_importing_torch(script, argv, code):
+    """`--help` and a mistyped option are answered from the stdlib-only configs, without the ~6 s torch import."""
+    probe = (f"import runpy, sys\nsys.argv = [{script!r}] + {argv!r}\n"
+             f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
+             f"except SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules)\n")
+    run = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=120)
+    assert run.stdout.strip().splitlines()[-1] == f"exit {code} False", (run.stdout[-300:], run.stderr[-300:])
+    if code == 0:
+        assert f"python {script} --" in run.stdout  # the usage examples head the help
 
 
 def test_run_main_turns_user_errors_into_one_line(monkeypatch):

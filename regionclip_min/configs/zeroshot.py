@@ -1,0 +1,78 @@
+"""eval_zeroshot.py's settings: `EvalConfig` (every field is a command-line option)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from regionclip_min.configs import QUICK_GELU_HELP
+
+
+@dataclass
+class EvalConfig:
+    # ---- model: one of our checkpoints, or an open_clip model name (+ tag or local weights file)
+    checkpoint: str | None = field(default=None, metadata={"help": "a train_pretrain.py checkpoint (stage-0 CLIP "
+                                   "or RegionCLIP), a train_detect.py detector checkpoint, or an official RegionCLIP "
+                                   "checkpoint (regionclip_pretrained-*.pth, regionclip_finetuned-*.pth)"})
+    text_checkpoint: str | None = field(default=None, metadata={"help": "detector checkpoints only: the "
+                                        "checkpoint whose text encoder to use (default: the detector's --init; an "
+                                        "official detector has none and uses its own class embeddings)"})
+    model_name: str = field(default="RN-toy", metadata={"help": "open_clip model name when no --checkpoint (an "
+                            "official --checkpoint's architecture is read from its shapes)"})
+    pretrained: str | None = field(default=None, metadata={"help": "open_clip tag or weights file (open_clip, "
+                                   "OpenAI or official RegionCLIP layout), with --model_name"})
+    quick_gelu: bool | None = field(default=None, metadata={"help": QUICK_GELU_HELP})
+    # ---- data and boxes
+    instances: str = field(default="data/toy/instances_val_all.json", metadata={"help": "COCO instances json"})
+    image_root: str | None = field(default=None, metadata={"help": "image folder (default: 'images/' beside "
+                                   "the json if present, else the json's folder)"})
+    boxes: str = field(default="gt", metadata={"help": "'gt': ground-truth boxes (top-1 accuracy, AP50); 'rpn': "
+                       "proposals of --rpn_checkpoint (zero-shot detection AP50)"})
+    rpn_checkpoint: str = field(default="runs/toy-rpn/final.pt", metadata={"help": "class-agnostic RPN "
+                                "(train_detect.py --preset toy-rpn) for --boxes rpn and --image"})
+    top_k: int = field(default=100, metadata={"help": "RPN proposals per image, highest objectness first"})
+    image_boxes: str = field(default="auto", metadata={"help": "--image proposals: 'rpn' (--rpn_checkpoint), "
+                             "'windows' (multi-scale sliding windows, no training needed), 'auto' (rpn if the "
+                             "checkpoint exists, else windows). A detector --checkpoint uses its own RPN"})
+    scale: float = field(default=2.0, metadata={"help": "enlarge images by this before pooling regions "
+                         "(DESIGN §5.1: 2 for the 128-px toy CLIP; 1 for real detection images)"})
+    region_encoder: str = field(default="pooled", metadata={"help": "'pooled' (the paper: RoIAlign on res4, res5, "
+                                "attention pool) or 'crop' (ViLD-style: each box cut out and encoded as a whole "
+                                "image; regions.CropEncoder)"})
+    crop_context: float = field(default=1.25, metadata={"help": "--region_encoder crop: side of the square crop "
+                                "over the box's longer side"})
+    kinds: str = field(default="auto", metadata={"help": "images whose 'kind' is in this comma list; 'all' = every "
+                       "image; 'auto' = scenes for --boxes gt, all images for --boxes rpn"})
+    max_images: int | None = field(default=None, metadata={"help": "only the first this many images"})
+    # ---- vocabulary and scoring
+    vocabulary: str | None = field(default=None, metadata={"help": "class names: 'a,b,c' or a text file with one "
+                                   "name per line (default: the dataset's categories)"})
+    templates: str = field(default="ensemble", metadata={"help": "'ensemble' (the official 81: '{}.' + OpenAI's 80 "
+                           "ImageNet templates) or 'single' ('a photo of a {}.')"})
+    class_embeddings: str | None = field(default=None, metadata={"help": "a (C, D) tensor file of class-name "
+                                         "embeddings (e.g. the official coco_65_cls_emb.pth) used instead of encoding "
+                                         "the names; its rows are the --vocabulary names, or the dataset's categories "
+                                         "sorted by id"})
+    tau: float = field(default=0.01, metadata={"help": "softmax temperature of the class probabilities (paper: "
+                       "0.01)"})
+    objectness_power: float = field(default=0.5, metadata={"help": "--boxes rpn / --image: score = p_class * "
+                                    "objectness ** this (0: class probability only, which ranks background boxes "
+                                    "as high as objects; 1: their product)"})
+    nms_thresh: float = field(default=0.5, metadata={"help": "--boxes rpn: per-class NMS IoU"})
+    # ---- demo and features
+    image: str | None = field(default=None, metadata={"help": "demo: detect --vocabulary in this image with the "
+                              "RPN's proposals; prints a table, writes a PNG (no dataset needed)"})
+    out_image: str | None = field(default=None, metadata={"help": "demo PNG (default: results/demo/<image "
+                                  "stem>.png)"})
+    score_thresh: float = field(default=0.3, metadata={"help": "demo: detections drawn and listed score at least "
+                                "this"})
+    max_boxes: int = field(default=5, metadata={"help": "demo: at most this many detections listed and drawn"})
+    draw_scale: int = field(default=1, metadata={"help": "demo: the PNG is the image enlarged this many times "
+                            "(1: the image's size; 4 makes labels on a 128-px toy image legible)"})
+    save_region_features: str | None = field(default=None, metadata={"help": "write boxes, region embeddings and "
+                                             "image ids (torch.load(weights_only=True)) to this file"})
+    # ---- run
+    batch_size: int = 32
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda | auto (cuda where a GPU is visible)"})
+    out: str | None = field(default=None, metadata={"help": "results json (default: beside the checkpoint, "
+                            "<name>.zeroshot-<boxes>.json, or results/zeroshot/<model>-<weights>-<boxes>.json)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a results json that holds results of other "
+                            "weights or data (refused otherwise)"})
