@@ -46,7 +46,8 @@ from regionclip_min.detector import (ProposalNetwork, build_detector, detector_f
 from regionclip_min.drawing import draw_detections
 from regionclip_min.evaluation import detect, ovd_ap, proposal_recall
 from regionclip_min.runtime import poll_threads
-from regionclip_min.steps import StepSampler, build_optimizer, resolve_device, step_generator
+from regionclip_min.steps import (StepSampler, build_optimizer, clip_gradients, make_scheduler, parameter_groups,
+                                  resolve_device, step_generator)
 
 
 
@@ -84,7 +85,7 @@ def detector_kwargs(cfg) -> dict:
                 rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test, rpn_nms_thresh=cfg.rpn_nms_thresh,
                 rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
                 box_batch_size_per_image=cfg.box_batch_size_per_image, box_positive_fraction=cfg.box_positive_fraction,
-                box_score_thresh=cfg.box_score_thresh, box_nms_thresh=cfg.box_nms_thresh,
+                box_score_thresh=cfg.box_score_thresh, box_nms=cfg.box_nms, box_nms_thresh=cfg.box_nms_thresh,
                 detections_per_img=cfg.detections_per_img, tau=cfg.tau, focal_gamma=cfg.focal_gamma,
                 background_weight=cfg.background_weight, sampling_ratio=cfg.roi_sampling_ratio)
 
@@ -99,11 +100,14 @@ def check_config(cfg) -> None:
         problems.append(f"--rpn must be joint or offline, got {cfg.rpn!r}")
     if cfg.rpn == "offline" and cfg.task == "detector" and not cfg.rpn_checkpoint:
         problems.append("--rpn offline needs --rpn_checkpoint (train one: python train_detect.py --preset toy-rpn)")
-    if cfg.optimizer not in ("adamw", "sgd") or cfg.schedule not in ("cosine", "step"):
-        problems.append(f"--optimizer adamw|sgd and --schedule cosine|step, got {cfg.optimizer!r}, {cfg.schedule!r}")
+    if cfg.optimizer not in ("adamw", "sgd") or cfg.schedule not in ("multistep", "cosine"):
+        problems.append(f"--optimizer adamw|sgd and --schedule multistep|cosine, got {cfg.optimizer!r}, "
+                        f"{cfg.schedule!r}")
+    if cfg.box_nms not in ("soft", "hard"):
+        problems.append(f"--box_nms must be soft or hard, got {cfg.box_nms!r}")
     if cfg.templates not in ("ensemble", "single"):
         problems.append(f"--templates must be ensemble or single, got {cfg.templates!r}")
-    for name in ("min_sizes", "anchor_sizes", "aspect_ratios"):
+    for name in ("min_sizes", "anchor_sizes", "aspect_ratios", "lr_steps"):
         try:
             _floats(getattr(cfg, name))
         except ValueError:
@@ -204,30 +208,12 @@ def row_names(cfg, val: DetectionDataset) -> list[str]:
 
 
 def make_optimizer(cfg, model):
-    """AdamW or SGD over the trainable parameters; no weight decay on biases and norms; the randomly initialised
-    RPN head and box regressor get lr x new_layers_lr_mult (the CLIP parts start trained)."""
-    groups = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        new = name.startswith("rpn.") or ".bbox_pred." in name
-        key = (new, p.ndim >= 2)
-        groups.setdefault(key, []).append(p)
-    params = [{"params": ps, "lr": cfg.lr * (cfg.new_layers_lr_mult if new else 1.0),
-               "weight_decay": cfg.weight_decay if decay else 0.0} for (new, decay), ps in sorted(groups.items())]
-    return build_optimizer(cfg.optimizer, params, cfg.lr, cfg.momentum)
-
-
-def make_scheduler(cfg, optimizer):
-    """Linear warm-up, then cosine to 0 or steps of x0.1 at 2/3 and 8/9 of max_steps (detectron2's 60k/80k of 90k)."""
-    def factor(step):
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "step":
-            return 0.1 ** sum(step >= m for m in (cfg.max_steps * 2 // 3, cfg.max_steps * 8 // 9))
-        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    """AdamW or SGD over the trainable parameters, weight decay by detectron2's rule (biases too, not norms); the
+    randomly initialised RPN head and box regressor get lr x new_layers_lr_mult (the CLIP parts start trained)."""
+    def lr_mult(name):
+        return cfg.new_layers_lr_mult if name.startswith("rpn.") or ".bbox_pred." in name else 1.0
+    groups = parameter_groups(model, cfg.weight_decay, rule="detectron2", lr=cfg.lr, lr_mult=lr_mult)
+    return build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
 
 
 # ---- evaluation -------------------------------------------------------------------------------------------------
@@ -407,7 +393,8 @@ def run_training(cfg, out: Path, device) -> Path:
         print(f"detector: {len(meta['class_names']['train'])} training classes {meta['class_names']['train']}; "
               f"evaluated on {len(meta['class_names']['test'])}; RPN {cfg.rpn}")
     optimizer = make_optimizer(cfg, model)
-    scheduler = make_scheduler(cfg, optimizer)
+    scheduler = make_scheduler(optimizer, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps,
+                               max_steps=cfg.max_steps, lr_steps=cfg.lr_steps)
     start = 0
     if cfg.resume and (last := ckpt.latest_checkpoint(out)) is not None:
         state = ckpt.load_checkpoint(last, map_location=device)
@@ -459,8 +446,7 @@ def run_training(cfg, out: Path, device) -> Path:
                                  f"lower --lr)")
             optimizer.zero_grad(set_to_none=True)
             total.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+            clip_gradients([p for p in model.parameters() if p.requires_grad], cfg.grad_clip, per_tensor=True)
             optimizer.step()
             scheduler.step()
             step += 1

@@ -53,7 +53,8 @@ from regionclip_min.pseudo_labels import pseudo_label
 from regionclip_min.regions import (RegionEncoder, grid_boxes, load_proposals_file, random_boxes,
                                     region_encoder)
 from regionclip_min.runtime import poll_threads
-from regionclip_min.steps import StepSampler, build_optimizer, resolve_amp, resolve_device, step_generator
+from regionclip_min.steps import (StepSampler, build_optimizer, clip_gradients, make_scheduler, parameter_groups,
+                                  resolve_amp, resolve_device, step_generator)
 
 
 
@@ -123,25 +124,11 @@ def build_models(cfg, device):
     return student, teacher, tokenizer
 
 
-def trainable_parameters(model):
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def make_optimizer(cfg, params):
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]  # biases, norms, logit_scale
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(cfg, trained):
+    """Stage 0 decays as CLIP does (not biases, gains, logit_scale); RegionCLIP as the official code (biases too)."""
+    rule = "clip" if cfg.stage == "clip" else "detectron2"
+    groups = parameter_groups(trained, cfg.weight_decay, rule=rule, lr=cfg.lr)
     return build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
-
-
-def make_scheduler(cfg, optimizer):
-    """Linear warm-up for `warmup_steps`, then cosine decay to 0 at `max_steps`."""
-    def factor(step):
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def build_concepts(cfg, dataset, teacher, tokenizer, device):
@@ -228,8 +215,9 @@ def regionclip_step(cfg, student_enc, teacher_enc, teacher, tokenizer, concept_e
             "loss_image_contrastive": image_text_contrastive(gather_with_grad(image_emb), gather_with_grad(text_emb),
                                                              tau=tau if image_tau is None else image_tau),
         }
+    confident = bool((q.amax(dim=-1) > cfg.pseudo_threshold).any()) if len(q) else True
     return losses, {"kept": keep.float().mean().item() if len(keep) else 0.0,
-                    "no_proposal_images": sum(len(b) == 0 for b in boxes)}
+                    "no_proposal_images": sum(len(b) == 0 for b in boxes), "all_kept": not confident}
 
 
 # ---- main -------------------------------------------------------------------------------------------------
@@ -245,6 +233,10 @@ def main(argv=None):
     cfg = resolve_paths(cfg)
     if cfg.stage not in ("clip", "regionclip"):
         raise SystemExit(f"--stage must be 'clip' or 'regionclip', got {cfg.stage!r}")
+    if cfg.schedule not in ("multistep", "cosine"):
+        raise SystemExit(f"--schedule must be multistep or cosine, got {cfg.schedule!r}")
+    if cfg.negatives not in ("regions", "pool"):
+        raise SystemExit(f"--negatives must be regions or pool, got {cfg.negatives!r}")
     if cfg.proposals not in ("random", "grid", "file", "rpn"):
         raise SystemExit(f"--proposals must be random, grid, file or rpn, got {cfg.proposals!r}")
     if cfg.teacher not in ("pooled", "crop"):
@@ -287,6 +279,9 @@ def check_proposals_file(path, table: dict, dataset) -> dict:
 
 
 def run_training(cfg, preset, rank: int, world: int):
+    if cfg.batch_size % world:
+        raise SystemExit(f"--batch_size {cfg.batch_size} is the global batch: it must split evenly over {world} ranks")
+    per_rank = cfg.batch_size // world
     device = torch.device(cfg.device if cfg.device != "cuda" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     main_proc = rank == 0
     out = Path(cfg.out_dir)
@@ -297,7 +292,8 @@ def run_training(cfg, preset, rank: int, world: int):
         torch.set_num_threads(cfg.threads)
     cfg.amp = resolve_amp(cfg.amp, device)  # 'auto' -> what this machine has; config.json records the choice
     if main_proc:
-        print(f"resolved config (preset {preset}, {world} process{'es' if world > 1 else ''}):\n{format_config(cfg)}")
+        procs = f"{world} process{'es' if world > 1 else ''}, {per_rank} images each"
+        print(f"resolved config (preset {preset}, {procs}):\n{format_config(cfg)}")
         (out / "config.json").write_text(format_config(cfg))
 
     dataset = ImageCaptionDataset(cfg.captions, cfg.image_root, image_size=cfg.image_size, train=False,
@@ -331,9 +327,10 @@ def run_training(cfg, preset, rank: int, world: int):
     else:
         trained = student
     trained.train()
-    params = trainable_parameters(trained)
-    optimizer = make_optimizer(cfg, params)
-    scheduler = make_scheduler(cfg, optimizer)
+    params = [p for p in trained.parameters() if p.requires_grad]
+    optimizer = make_optimizer(cfg, trained)
+    scheduler = make_scheduler(optimizer, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps,
+                               max_steps=cfg.max_steps, lr_steps=cfg.lr_steps)
     start = 0
     if cfg.resume and (last := ckpt.latest_checkpoint(out)) is not None:
         state = ckpt.load_checkpoint(last, map_location=device)
@@ -357,12 +354,12 @@ def run_training(cfg, preset, rank: int, world: int):
                                         "quick_gelu": is_quick_gelu(student)})
 
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=StepSampler(len(dataset), cfg.batch_size, rank, world, cfg.seed, start, cfg.max_steps),
+        dataset, batch_sampler=StepSampler(len(dataset), per_rank, rank, world, cfg.seed, start, cfg.max_steps),
         collate_fn=collate_image_caption, num_workers=cfg.num_workers, persistent_workers=False)
     metrics = open(out / "metrics.jsonl", "a") if main_proc else None
     bar = tqdm(total=cfg.max_steps, initial=start, desc=f"{cfg.stage}", disable=not main_proc, dynamic_ncols=True)
     step, t0 = start, time.time()
-    skipped_batches = skipped_images = no_region_batches = no_proposal_images = 0  # this session's steps
+    skipped_batches = skipped_images = unconfident_batches = no_proposal_images = 0  # this session's steps
     for batch in loader:
         poll_threads()
         g = step_generator(cfg.seed, step, rank)
@@ -370,9 +367,9 @@ def run_training(cfg, preset, rank: int, world: int):
             step += 1
             scheduler.step()
             skipped_batches += 1
-            skipped_images += cfg.batch_size
+            skipped_images += per_rank
             continue
-        skipped_images += cfg.batch_size - len(batch["images"])  # bad images dropped by the collate
+        skipped_images += per_rank - len(batch["images"])  # bad images dropped by the collate
         if cfg.hflip:
             flip = torch.rand(len(batch["images"]), generator=g) < 0.5  # (B,)
             batch["images"][flip] = batch["images"][flip].flip(-1)
@@ -381,7 +378,7 @@ def run_training(cfg, preset, rank: int, world: int):
         else:
             losses, info = regionclip_step(cfg, model, teacher_enc, teacher, captions_tokenizer, concept_emb, batch,
                                            proposals_table, rpn, g, device, tau, image_tau=image_tau)
-            no_region_batches += info["kept"] == 0  # no region passed the pseudo-label threshold: only L_image
+            unconfident_batches += info.pop("all_kept")  # no region passed the threshold: all kept (official)
             no_proposal_images += info.pop("no_proposal_images")
         weights = {"loss_region_contrastive": cfg.w_region, "loss_distill": cfg.w_distill,
                    "loss_image_contrastive": cfg.w_image}
@@ -394,8 +391,7 @@ def run_training(cfg, preset, rank: int, world: int):
                              f"checkpoint is {last} (resume with --resume, perhaps with a lower --lr)")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        clip_gradients(params, cfg.grad_clip, per_tensor=cfg.stage != "clip")
         optimizer.step()
         scheduler.step()
         if cfg.stage == "clip":
@@ -428,7 +424,7 @@ def run_training(cfg, preset, rank: int, world: int):
         summary.update(steps=step - start, first_step=start, seconds=round(time.time() - t0, 1),
                        images_skipped_unreadable=skipped_images, batches_skipped_unreadable=skipped_batches,
                        dataset_skipped_at_load=dict(dataset.skipped),
-                       batches_no_region_kept=no_region_batches, images_without_proposals_seen=no_proposal_images)
+                       batches_all_kept_no_region_confident=unconfident_batches, images_without_proposals_seen=no_proposal_images)
         ckpt.write_json(out / "run_summary.json", summary)
         print(f"run summary ({out / 'run_summary.json'}): {ckpt.strict_json(summary)}")
         print(f"done: {step} steps in {time.time() - t0:.0f} s; checkpoint {out / 'final.pt'}; next: {nxt}")

@@ -57,6 +57,7 @@ from regionclip_min.concepts import concept_embeddings  # noqa: E402
 from regionclip_min.data import DetectionDataset, ImageCaptionDataset, collate_image_caption  # noqa: E402
 from regionclip_min.detector import build_detector  # noqa: E402
 from regionclip_min.regions import RegionEncoder, random_boxes  # noqa: E402
+from regionclip_min.steps import clip_gradients  # noqa: E402
 from regionclip_min.steps import build_optimizer  # noqa: E402
 from regionclip_min.toy_tables import fmt_mean_std, mean_std  # noqa: E402
 
@@ -181,8 +182,8 @@ class StepBench:
         dim = self.teacher.text_projection.shape[1]
         g = torch.Generator().manual_seed(0)
         self.concept_emb = F.normalize(torch.randn(concepts, dim, generator=g), dim=-1).to(device)  # (C, D)
-        self.params = train_pretrain.trainable_parameters(self.enc)
-        self.opt = train_pretrain.make_optimizer(cfg, self.params)
+        self.params = [p for p in self.enc.parameters() if p.requires_grad]
+        self.opt = train_pretrain.make_optimizer(cfg, self.enc)
 
     def step(self, batch, timer, step: int = 0):
         g = torch.Generator().manual_seed(step)
@@ -194,7 +195,7 @@ class StepBench:
         with timer("student backward"):
             total.backward()
         with timer("optimizer"):
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            clip_gradients(self.params, self.cfg.grad_clip, per_tensor=True)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
 

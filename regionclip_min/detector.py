@@ -9,8 +9,9 @@ torchvision's Faster R-CNN, assembled by injection from these parts (DESIGN.md ย
            -> CLIPBoxHead: CLIP layer4 + attnpool -> region embedding v (R, D)
            -> TextEmbeddingPredictor:  logit_k = cos(v, e_k) / tau  (k = 1..K),  logit_0 = 0 (background)
                                        deltas  = Linear(D, 4)(v), one class-agnostic box, repeated K + 1 times
-    training loss (FocalRoIHeads): sum_i w_i (1 - p_i(y_i))^gamma CE_i / sum_i w_i, w = background_weight on
-    background rows (COCO recipe gamma 0.5, weight 0.2; gamma 0, weight 1 = plain CE), plus smooth-L1 on the box.
+    training loss (FocalRoIHeads): mean_i w_i (1 - p_i(y_i))^gamma CE_i, w = background_weight on background
+    rows (COCO recipe gamma 0.5, weight 0.2; losses.focal_scaled_cross_entropy), plus L1 on the box deltas
+    test (FocalRoIHeads): score > 0.001, gaussian soft-NMS per class, the best 100 (postprocess.py)
 
 The class embeddings e_k are frozen, L2-normalised class-name text embeddings (prompt ensemble). They are a
 non-persistent buffer: `set_vocabulary` swaps base names for base + novel (or any list) without touching a weight.
@@ -25,8 +26,7 @@ Two RPN modes:
 
 Why GeneralizedRCNN and not FasterRCNN(...): FasterRCNN's constructor only accepts a MultiScaleRoIAlign pooler,
 which does not use aligned=True (DESIGN.md ยง3); so we assemble exactly the parts its constructor assembles
-(transform, RPN, RoIHeads) and hand them to its base class. Left out: FPN, masks, multi-GPU BatchNorm, the
-official code's learnable background embedding variants.
+(transform, RPN, RoIHeads) and hand them to its base class. Left out: FPN, masks, multi-GPU BatchNorm.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import boxes as box_ops
 from torchvision.ops import nms, roi_align
 
 from regionclip_min import official
@@ -45,6 +46,7 @@ from regionclip_min.checkpoint import load_checkpoint
 from regionclip_min.clip_model import guess_model_name, load_clip
 from regionclip_min.data import CLIP_MEAN, CLIP_STD
 from regionclip_min.losses import focal_scaled_cross_entropy
+from regionclip_min.postprocess import select_detections
 from regionclip_min.regions import STRIDE, attention_pool, check_boxes, in_chunks
 
 
@@ -166,16 +168,19 @@ class TextEmbeddingPredictor(nn.Module):
 
 
 class FocalRoIHeads(RoIHeads):
-    """torchvision's RoIHeads with the paper's classification loss (Sec. 3.3) and a class-agnostic box loss.
+    """torchvision's RoIHeads with the official code's box-head loss and test post-processing.
 
-    torchvision computes its box loss in a module-level function (`fastrcnn_loss`, plain CE) that offers no hook;
-    this override keeps its sampling (`select_training_samples`) and inference (`postprocess_detections`) and
-    replaces only the loss. Boxes only: masks and keypoints are not supported.
+    torchvision computes its box loss in a module-level function (`fastrcnn_loss`, plain CE, smooth-L1 with beta
+    1/9) that offers no hook; this override keeps its sampling (`select_training_samples`) and replaces the loss:
+    the focal-scaled CE of `losses.py` and an L1 box loss (detectron2's SMOOTH_L1_BETA = 0), summed over the
+    foreground RoIs and divided by the number of sampled RoIs. At test, `postprocess.select_detections` (score
+    threshold, soft- or hard NMS per class, the best `detections_per_img`). Boxes only: no masks or keypoints.
     """
 
-    def __init__(self, *args, focal_gamma: float = 0.5, background_weight: float = 0.2, **kwargs):
+    def __init__(self, *args, focal_gamma: float = 0.5, background_weight: float = 0.2, nms: str = "soft",
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        self.focal_gamma, self.background_weight = focal_gamma, background_weight
+        self.focal_gamma, self.background_weight, self.nms = focal_gamma, background_weight, nms
 
     def forward(self, features, proposals, image_shapes, targets=None):
         if self.training:  # sample positives/negatives, attach labels (0 = background) and box targets
@@ -185,24 +190,53 @@ class FocalRoIHeads(RoIHeads):
         if not self.training:
             boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
             return [{"boxes": b, "labels": l, "scores": s} for b, l, s in zip(boxes, labels, scores)], {}
-        labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)  # (R,), (R, 4)
-        loss_classifier = focal_scaled_cross_entropy(class_logits, labels, self.focal_gamma, self.background_weight)
+        return [], self.losses(class_logits, box_regression, torch.cat(labels), torch.cat(regression_targets))
+
+    def losses(self, class_logits, box_regression, labels, regression_targets) -> dict:
+        """(R, K + 1) logits, (R, 4 (K + 1)) deltas, (R,) labels, (R, 4) targets -> the two box-head losses."""
         pos = torch.where(labels > 0)[0]  # foreground rows; none for an image without boxes
-        # smooth-L1 on the class-agnostic deltas (columns 0..3; all K + 1 groups are equal), normalised by the
-        # number of sampled RoIs as torchvision's fastrcnn_loss does
-        loss_box_reg = F.smooth_l1_loss(box_regression[pos, :4], regression_targets[pos], beta=1 / 9,
-                                        reduction="sum") / max(labels.numel(), 1)
-        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        # L1 on the class-agnostic deltas (columns 0..3; all K + 1 groups are equal) / the number of sampled RoIs
+        box = F.l1_loss(box_regression[pos, :4], regression_targets[pos], reduction="sum") / max(labels.numel(), 1)
+        return {"loss_classifier": focal_scaled_cross_entropy(class_logits, labels, self.focal_gamma,
+                                                              self.background_weight), "loss_box_reg": box}
+
+    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
+        """Per image: softmax scores, decoded boxes clipped to the image, background dropped, then
+        `select_detections`. Returns lists of boxes (N, 4), scores (N,), labels (N,) in 1..K."""
+        boxes = self.box_coder.decode(box_regression[:, :4], proposals)[:, 0]  # (R, 4) class-agnostic
+        scores = F.softmax(class_logits, -1)[:, 1:]  # (R, K)
+        out = ([], [], [])
+        for b, s, shape in zip(boxes.split([len(p) for p in proposals]), scores.split([len(p) for p in proposals]),
+                               image_shapes):
+            b = box_ops.clip_boxes_to_image(b, shape)
+            labels = torch.arange(1, s.shape[1] + 1, device=s.device).expand_as(s)  # (R_i, K)
+            picked = select_detections(b[:, None].expand(-1, s.shape[1], -1).reshape(-1, 4), s.reshape(-1),
+                                       labels.reshape(-1), score_thresh=self.score_thresh, nms=self.nms,
+                                       nms_thresh=self.nms_thresh, max_out=self.detections_per_img)
+            for lst, v in zip(out, picked):
+                lst.append(v)
+        return out
 
 
 class ScoredRPN(RegionProposalNetwork):
-    """torchvision's RPN, which returns its boxes but drops their objectness; this keeps the objectness (sigmoid) of
-    the boxes of the last call in `last_scores` (B tensors (R_i,), aligned with the boxes) for proposal files."""
+    """torchvision's RPN with detectron2's L1 box loss (SMOOTH_L1_BETA = 0, the official RPN's; torchvision's is
+    smooth-L1 with beta 1/9), which also keeps the objectness (sigmoid) of the boxes of the last call in
+    `last_scores` (B tensors (R_i,), aligned with the boxes) for proposal files. Both losses are normalised by the
+    number of sampled anchors, as in torchvision (detectron2 divides by images x batch_size_per_image, the same
+    number whenever an image has enough negative anchors, which it always has)."""
 
     def filter_proposals(self, *args):
         boxes, scores = super().filter_proposals(*args)
         self.last_scores = scores
         return boxes, scores
+
+    def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
+        pos, neg = (torch.where(torch.cat(m))[0] for m in self.fg_bg_sampler(labels))
+        sampled = torch.cat([pos, neg])
+        labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)
+        box_loss = F.l1_loss(pred_bbox_deltas[pos], regression_targets[pos], reduction="sum") / sampled.numel()
+        objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled])
+        return objectness_loss, box_loss
 
 
 def _rpn(out_channels: int, *, anchor_sizes, aspect_ratios, pre_nms_top_n_train: int, pre_nms_top_n_test: int,
@@ -282,7 +316,8 @@ def build_detector(visual: nn.Module, class_embeddings: torch.Tensor, *, min_siz
                    rpn_post_nms_top_n_train: int = 2000, rpn_post_nms_top_n_test: int = 1000,
                    rpn_nms_thresh: float = 0.7, rpn_batch_size_per_image: int = 256,
                    box_batch_size_per_image: int = 512, box_positive_fraction: float = 0.25,
-                   box_score_thresh: float = 0.05, box_nms_thresh: float = 0.5, detections_per_img: int = 100,
+                   box_score_thresh: float = 0.001, box_nms: str = "soft", box_nms_thresh: float = 0.5,
+                   detections_per_img: int = 100,
                    tau: float = 0.01, focal_gamma: float = 0.5, background_weight: float = 0.2,
                    sampling_ratio: int = 0, offline_rpn: ProposalNetwork | None = None) -> GeneralizedRCNN:
     """The open-vocabulary detector of the transfer (see the module docstring).
@@ -294,7 +329,8 @@ def build_detector(visual: nn.Module, class_embeddings: torch.Tensor, *, min_siz
         min_size, max_size: GeneralizedRCNNTransform resize; a tuple of short sides is sampled in training and its
             last entry used at test (torchvision's rule), e.g. (640, ..., 800) for COCO, 256 for 128-px toy images.
         rpn_*: torchvision RPN settings (single level: one anchor per size x ratio per res4 cell).
-        box_*: RoIHeads sampling (RoIs per image, positive fraction) and inference (score threshold, NMS, top-N).
+        box_*: RoIHeads sampling (RoIs per image, positive fraction) and inference (score threshold, soft or hard
+            NMS, top-N; `postprocess.select_detections`).
         tau, focal_gamma, background_weight: the predictor's temperature and the classification loss.
         sampling_ratio: RoIAlign samples per bin (0 adaptive, exact for the whole-image box).
         offline_rpn: None = RPN trained with the detector ("joint"); a trained ProposalNetwork = frozen
@@ -316,7 +352,7 @@ def build_detector(visual: nn.Module, class_embeddings: torch.Tensor, *, min_siz
                               TextEmbeddingPredictor(class_embeddings, tau),
                               0.5, 0.5, box_batch_size_per_image, box_positive_fraction, None,  # fg/bg IoU 0.5
                               box_score_thresh, box_nms_thresh, detections_per_img,
-                              focal_gamma=focal_gamma, background_weight=background_weight)
+                              focal_gamma=focal_gamma, background_weight=background_weight, nms=box_nms)
     return GeneralizedRCNN(backbone, rpn, roi_heads, _transform(min_size, max_size))
 
 

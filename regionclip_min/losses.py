@@ -8,8 +8,8 @@ Each function returns a scalar tensor. The total pretraining loss is the visible
 Empty inputs (no kept region) give an exact zero that is still attached to the graph, so `backward()` works and
 the step proceeds on the other terms.
 
-Left out: the paper's multi-GPU gathering of region/concept pairs for the region-text loss (negatives here are the
-concepts of the local batch; the image-text loss is gathered across ranks by the training script).
+As in the official code, the region losses see one process's regions (no gathering across GPUs); the image-text
+loss is gathered across ranks by the training script. docs/PARITY.md compares each formula with the official one.
 """
 from __future__ import annotations
 
@@ -23,36 +23,39 @@ def _zero(*tensors: torch.Tensor) -> torch.Tensor:
 
 
 def region_text_contrastive(region_emb: torch.Tensor, labels: torch.Tensor, concept_emb: torch.Tensor,
-                            tau: float = 0.01, negatives: str = "batch") -> torch.Tensor:
+                            tau: float = 0.01, negatives: str = "regions") -> torch.Tensor:
     """Region-text contrastive loss over pseudo region-concept pairs (Sec. 3.2, Eq. 1, L_cntrst).
 
-        p(v_i, l_k) = exp(cos(v_i, l_k)/tau) / sum_{j in N(i) + {k}} exp(cos(v_i, l_j)/tau)
-        L = mean_i -log p(v_i, l_{y_i})
+    negatives = "regions", the official code's (`MILCrossEntropy` in utils/comm.py, avg_positives=False): one
+    column per kept region, holding the embedding of that region's pseudo concept; every column whose concept is
+    the row's own is a positive (multi-instance):
+
+        S_ij = cos(v_i, l_{y_j}) / tau                                (R, R)
+        L    = mean_i -log( sum_{j : y_j = y_i} softmax_j(S_i)_j )
+
+    A concept matched to n regions fills n columns, so it weighs n times in every row's softmax.
+    negatives = "pool": every concept of the pool is a column, once: plain cross-entropy over the C concepts.
 
     Args:
         region_emb: (R, D) student region embeddings of the kept regions.
         labels: (R,) int64 pseudo concept index of each region into `concept_emb`.
         concept_emb: (C, D) the concept pool's text embeddings (frozen).
         tau: temperature.
-        negatives: "batch" (the paper's wording: the other concepts matched to regions of this batch are the
-            negatives; each distinct concept is one column, so two regions with the same concept do not push each
-            other apart) or "pool" (all C concepts are candidates: plain cross-entropy over the pool).
+        negatives: "regions" (the official) or "pool".
     Returns:
         scalar loss; 0 when R == 0.
     """
-    if negatives not in ("batch", "pool"):
-        raise ValueError(f"negatives must be 'batch' or 'pool', got {negatives!r}")
+    if negatives not in ("regions", "pool"):
+        raise ValueError(f"negatives must be 'regions' or 'pool', got {negatives!r}")
     if region_emb.shape[0] == 0:
         return _zero(region_emb)
     v = F.normalize(region_emb, dim=-1)  # (R, D)
     l = F.normalize(concept_emb, dim=-1)  # (C, D)
-    if negatives == "batch":
-        columns, targets = torch.unique(labels, return_inverse=True)  # (C_b,), (R,) index into columns
-        l = l[columns]  # (C_b, D)
-    else:
-        targets = labels
-    logits = v @ l.t() / tau  # (R, C_b) or (R, C)
-    return F.cross_entropy(logits, targets)
+    if negatives == "pool":
+        return F.cross_entropy(v @ l.t() / tau, labels)
+    log_p = F.log_softmax(v @ l[labels].t() / tau, dim=-1)  # (R, R) column j = region j's concept
+    positive = labels[:, None] == labels[None, :]  # (R, R), the diagonal included
+    return -torch.logsumexp(log_p.masked_fill(~positive, float("-inf")), dim=-1).mean()
 
 
 def concept_distillation(student_region_emb: torch.Tensor, concept_emb: torch.Tensor, teacher_probs: torch.Tensor,
@@ -111,15 +114,16 @@ def image_text_contrastive(image_emb: torch.Tensor, text_emb: torch.Tensor, tau=
 
 def focal_scaled_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 0.5,
                                background_weight: float = 0.2) -> torch.Tensor:
-    """Detector classification loss with focal scaling and a down-weighted background (Sec. 3.3, transfer).
+    """Detector classification loss with focal scaling and a down-weighted background (Sec. 3.3, transfer), as the
+    official `FastRCNNOutputLayers.losses` / `focal_loss` (roi_heads/fast_rcnn.py) computes it:
 
-        ce_i = -log p_i(y_i),   p = softmax(logits)
-        w_i  = background_weight if y_i == 0 else 1
-        L    = sum_i w_i (1 - p_i(y_i))^gamma ce_i / sum_i w_i
+        ce_i = -log p_i(y_i),   p = softmax(logits),   w_i = background_weight if y_i == 0 else 1
+        gamma > 0:  L = mean_i  w_i (1 - p_i(y_i))^gamma ce_i         (the plain mean over all N sampled RoIs)
+        gamma = 0:  L = sum_i w_i ce_i / sum_i w_i                      (torch's weighted cross_entropy)
 
-    gamma = 0 and background_weight = 1 give plain cross-entropy. The paper's COCO recipe uses gamma 0.5 and
-    background weight 0.2, the LVIS recipe plain CE with background weight 0.8. The normalisation by sum_i w_i
-    follows torch's weighted `cross_entropy(weight=...)` mean; the official code's exact normaliser may differ.
+    The two normalisers are the official code's two paths: its focal path takes the mean, its plain-CE path torch's
+    class-weighted mean. The COCO recipe is gamma 0.5 with background weight 0.2, the LVIS recipe plain CE with
+    background weight 0.8; gamma 0 and weight 1 give plain cross-entropy.
 
     Args:
         logits: (N, K + 1) class logits, column 0 = background (torchvision's convention).
@@ -130,8 +134,9 @@ def focal_scaled_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, gamm
     if logits.shape[0] == 0:
         return _zero(logits)
     ce = F.cross_entropy(logits, targets, reduction="none")  # (N,)
+    weights = torch.where(targets == 0, torch.full_like(ce, background_weight), torch.ones_like(ce))  # (N,)
+    if gamma == 0:
+        return (weights * ce).sum() / weights.sum().clamp(min=1e-12)
     p_true = torch.exp(-ce)  # (N,) probability of the true class
     focal = (1 - p_true).clamp(min=1e-6) ** gamma  # (N,) the clamp keeps the gradient finite at p = 1
-    weights = torch.where(targets == 0, torch.full_like(ce, background_weight), torch.ones_like(ce))  # (N,)
-    loss = weights * focal * ce  # (N,)
-    return loss.sum() / weights.sum().clamp(min=1e-12)
+    return (weights * focal * ce).mean()

@@ -11,10 +11,10 @@ with tau = 0.01 (OpenAI CLIP's logit scale 100) and threshold 0.1, as in the pap
 targets q are used by the distillation loss, the hard labels y by the region-text contrastive loss; both are
 computed over the kept regions only.
 
-When no region passes the threshold, `keep` is all False. The caller then has no region-text pair in the batch:
-the region losses of `losses.py` return an exact, differentiable zero for empty inputs, so the step still runs and
-only the image-text loss updates the student. The fraction kept is worth logging: a pool of thousands of concepts
-with a poorly calibrated teacher (a too-large tau) keeps almost nothing.
+When no region of the batch passes the threshold, every region is kept, as the official code does
+(`get_psuedo_concept_labels` in meta_arch/clip_rcnn.py falls back to max q > 0). Such batches are worth counting:
+a pool of thousands of concepts with a poorly calibrated teacher (a too-large tau) passes almost nothing, and the
+student then learns from the teacher's unconfident labels.
 
 Left out: the paper's alternative of matching regions with concepts from the image's own caption only (Sec. 4.3
 ablation), and any non-maximum suppression among pseudo-labelled regions.
@@ -39,7 +39,7 @@ def pseudo_label(teacher_region_emb: torch.Tensor, concept_emb: torch.Tensor, ta
     Returns:
         labels: (R,) int64, argmax concept index per region.
         teacher_probs: (R, C) float, q = softmax(cos / tau); each row sums to 1.
-        keep: (R,) bool, max_c q > threshold. All False when no region is confident (see the module docstring).
+        keep: (R,) bool, max_c q > threshold; every region when none passes (see the module docstring).
     """
     if teacher_region_emb.dim() != 2 or concept_emb.dim() != 2 or teacher_region_emb.shape[1] != concept_emb.shape[1]:
         raise ValueError(f"expected (R, D) region and (C, D) concept embeddings, got {tuple(teacher_region_emb.shape)}"
@@ -51,4 +51,6 @@ def pseudo_label(teacher_region_emb: torch.Tensor, concept_emb: torch.Tensor, ta
     teacher_probs = (t @ l.t() / tau).softmax(dim=-1)  # (R, C)
     conf, labels = teacher_probs.max(dim=-1) if len(t) else (t.new_zeros(0), t.new_zeros(0, dtype=torch.long))
     keep = conf > threshold  # (R,)
+    if not keep.any():
+        keep = conf > 0  # the official fallback: all regions
     return labels, teacher_probs, keep

@@ -1,5 +1,5 @@
-"""Data order and per-step randomness as pure functions of (seed, step), and the optimizer, shared by the training
-scripts.
+"""Data order and per-step randomness as pure functions of (seed, step), and the optimisation pieces (parameter
+groups, optimizer, learning-rate schedule, gradient clipping), shared by the training scripts.
 
 Because a step's batch indices and its torch.Generator depend only on (seed, step, rank), a run resumed from a
 checkpoint at step k draws exactly what an uninterrupted run draws from step k on: no sampler or RNG state of the
@@ -7,7 +7,13 @@ data pipeline has to be saved. Epochs are seeded permutations; the last partial 
 """
 from __future__ import annotations
 
+import bisect
+import math
+
 import torch
+from torch import nn
+
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
 def step_indices(step: int, n: int, batch: int, rank: int, world: int, seed: int) -> list[int]:
@@ -38,6 +44,76 @@ class StepSampler(torch.utils.data.Sampler):
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     """The generator for everything random in one step of one rank (flips, caption choice, random boxes)."""
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 101 + rank) % (2 ** 63))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, *, rule: str, lr: float,
+                     lr_mult=lambda name: 1.0) -> list[dict]:
+    """The trainable parameters of `model` in optimizer groups, by the weight-decay rule of the recipe:
+
+        rule "detectron2" (the official RegionCLIP's, solver/build.py `get_default_optimizer_params`): decay on every
+            parameter, biases included, except those of normalisation layers (WEIGHT_DECAY_NORM = 0);
+        rule "clip" (CLIP / open_clip's, for stage 0): no decay on parameters of fewer than 2 dims (biases, norm
+            gains, logit_scale).
+
+    `lr_mult(name)` scales a parameter's learning rate (the detector's randomly initialised layers).
+    """
+    if rule not in ("detectron2", "clip"):
+        raise ValueError(f"rule must be 'detectron2' or 'clip', got {rule!r}")
+    norm_params = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    groups: dict[tuple, list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = id(p) not in norm_params if rule == "detectron2" else p.ndim >= 2 and "logit_scale" not in name
+        groups.setdefault((lr_mult(name), decay), []).append(p)
+    return [{"params": ps, "lr": lr * mult, "weight_decay": weight_decay if decay else 0.0}
+            for (mult, decay), ps in sorted(groups.items())]
+
+
+def lr_factor(step: int, *, schedule: str, warmup_steps: int, max_steps: int, milestones=()) -> float:
+    """The learning-rate factor of optimizer step `step` (0-based).
+
+        "multistep" (detectron2's WarmupMultiStepLR, the official recipe): linear warm-up from 0.001 to 1 over
+            warmup_steps, then x0.1 at each milestone reached (step >= m);
+        "cosine" (CLIP's, for stage 0): warm-up (step + 1) / warmup_steps, then a half cosine to 0 at max_steps.
+    """
+    if schedule == "multistep":
+        warm = 0.001 + (1 - 0.001) * step / warmup_steps if step < warmup_steps else 1.0
+        return warm * 0.1 ** bisect.bisect_right(sorted(milestones), step)
+    if schedule == "cosine":
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    raise ValueError(f"schedule must be 'multistep' or 'cosine', got {schedule!r}")
+
+
+def milestones(text: str, max_steps: int) -> tuple[int, ...]:
+    """'300000,525000' or fractions of max_steps '0.5,0.875' -> absolute steps (a value below 1 is a fraction)."""
+    values = [float(v) for v in text.split(",") if v.strip()]
+    return tuple(int(round(v * max_steps)) if v < 1 else int(v) for v in values)
+
+
+def make_scheduler(optimizer, *, schedule: str, warmup_steps: int, max_steps: int, lr_steps: str = ""):
+    """A LambdaLR stepping `lr_factor` once per optimizer step."""
+    steps = milestones(lr_steps, max_steps)
+    lr_factor(0, schedule=schedule, warmup_steps=warmup_steps, max_steps=max_steps, milestones=steps)  # checks name
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, schedule=schedule, warmup_steps=warmup_steps, max_steps=max_steps, milestones=steps))
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float, *, per_tensor: bool) -> None:
+    """Gradient clipping by L2 norm. per_tensor=True: each parameter tensor's gradient is clipped to max_norm on its
+    own (detectron2's CLIP_TYPE "norm", the official pretraining's 5.0); False: one global norm over all (open_clip's,
+    for stage 0). max_norm <= 0 does nothing."""
+    if max_norm <= 0:
+        return
+    if not per_tensor:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    for p in params:
+        if p.grad is not None:
+            torch.nn.utils.clip_grad_norm_(p, max_norm)
 
 
 def build_optimizer(name: str, groups: list[dict], lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:

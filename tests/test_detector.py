@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.models.detection.roi_heads
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from regionclip_min.clip_model import load_clip
@@ -126,9 +127,13 @@ def test_image_without_boxes_trains_with_zero_box_losses(visual):
     assert all(math.isfinite(v.item()) for v in losses.values()) and losses["loss_box_reg"].item() > 0
 
 
-def test_focal_heads_with_gamma_0_and_weight_1_equal_torchvisions_losses(visual):
-    """FocalRoIHeads(gamma 0, background weight 1) gives torchvision's fastrcnn_loss exactly (plain CE; its box loss
-    reads the deltas of the true class, which class-agnostic regression makes the same as ours)."""
+def test_focal_heads_with_gamma_0_and_weight_1_equal_torchvisions_losses_at_beta_0(visual, monkeypatch):
+    """FocalRoIHeads(gamma 0, background weight 1) gives torchvision's fastrcnn_loss exactly once its smooth-L1 runs
+    at beta 0 (detectron2's SMOOTH_L1_BETA, the official value; torchvision hard-codes 1/9): plain CE, and a box loss
+    that reads the deltas of the true class, which class-agnostic regression makes the same as ours."""
+    smooth_l1 = F.smooth_l1_loss
+    monkeypatch.setattr(torchvision.models.detection.roi_heads.F, "smooth_l1_loss",
+                        lambda a, b, beta, reduction: smooth_l1(a, b, beta=0.0, reduction=reduction))
     det = _detector(visual, focal_gamma=0.0, background_weight=1.0).train()
     ours = det.roi_heads
     theirs = RoIHeads(ours.box_roi_pool, ours.box_head, ours.box_predictor, 0.5, 0.5, 16, 0.25, None, 0.05, 0.5, 100)

@@ -72,8 +72,11 @@ class DetectConfig:
     box_positive_fraction: float = 0.25
     roi_sampling_ratio: int = field(default=0, metadata={"help": "RoIAlign samples per bin side (0: adaptive, one "
                                     "per bin here; torchvision's default 2 costs 4 samples per bin)"})
-    box_score_thresh: float = 0.05
-    box_nms_thresh: float = 0.5
+    box_score_thresh: float = field(default=0.001, metadata={"help": "test: detections scoring below this are dropped "
+                                    "(the official COCO test: 0.001)"})
+    box_nms: str = field(default="soft", metadata={"help": "test: 'soft' (gaussian soft-NMS, sigma 0.5, prune 0.001: "
+                         "the official COCO test) or 'hard' (NMS at box_nms_thresh)"})
+    box_nms_thresh: float = field(default=0.5, metadata={"help": "test: --box_nms hard's IoU"})
     detections_per_img: int = 100
     channels_last: bool = field(default=True, metadata={"help": "channels-last convolutions (faster on CPU)"})
     # ---- optimisation
@@ -85,10 +88,14 @@ class DetectConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     warmup_steps: int = 50
-    schedule: str = field(default="cosine", metadata={"help": "'cosine' to 0, or 'step' (x0.1 at 2/3 and 8/9)"})
+    schedule: str = field(default="multistep", metadata={"help": "'multistep' (the official: warm-up from 0.001, "
+                          "x0.1 at each of lr_steps) or 'cosine' (to 0)"})
+    lr_steps: str = field(default="0.6667,0.8889", metadata={"help": "multistep: steps of x0.1, comma-separated; a "
+                          "value below 1 is a fraction of max_steps (the official COCO 60k, 80k of 90k)"})
     max_steps: int = 600
     batch_size: int = 8
-    grad_clip: float = field(default=5.0, metadata={"help": "max gradient norm; 0 disables"})
+    grad_clip: float = field(default=0.0, metadata={"help": "max gradient L2 norm of each parameter tensor; 0 "
+                             "disables (the official transfer does not clip)"})
     # ---- evaluation
     eval_at_end: bool = True
     eval_only: bool = field(default=False, metadata={"help": "only evaluate --checkpoint (default "
@@ -130,7 +137,7 @@ PRESETS = {
                           rpn_pre_nms_top_n_train=12000, rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_train=2000,
                           rpn_post_nms_top_n_test=1000, box_batch_size_per_image=512, focal_gamma=0.5,
                           background_weight=0.2, optimizer="sgd", lr=0.002, new_layers_lr_mult=1.0,
-                          weight_decay=1e-4, warmup_steps=1000, schedule="step", max_steps=90_000, batch_size=16,
-                          grad_clip=0.0, channels_last=False, device="auto", num_workers=8, ckpt_every=5000,
+                          weight_decay=1e-4, warmup_steps=5000, lr_steps="60000,80000", max_steps=90_000,
+                          batch_size=16, channels_last=False, device="auto", num_workers=8, ckpt_every=5000,
                           draw_images=10, out_dir="runs/coco-ovd-rn50"),
 }

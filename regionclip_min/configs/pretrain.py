@@ -65,7 +65,9 @@ class PretrainConfig:
     crop_context: float = field(default=1.25, metadata={"help": "--teacher crop: side of the square crop over the "
                                 "box's longer side"})
     pseudo_threshold: float = field(default=0.1, metadata={"help": "keep region iff max concept prob > this"})
-    negatives: str = field(default="batch", metadata={"help": "region-text negatives: 'batch' or 'pool'"})
+    negatives: str = field(default="regions", metadata={"help": "region-text loss columns: 'regions' (the "
+                           "official: one per kept region, its concept's embedding; same-concept columns are "
+                           "positives) or 'pool' (every concept of the pool once)"})
     # ---- loss weights (the total is their weighted sum; paper: all 1)
     w_region: float = 1.0
     w_distill: float = 1.0
@@ -77,8 +79,14 @@ class PretrainConfig:
     momentum: float = 0.9
     warmup_steps: int = 100
     max_steps: int = 600
-    batch_size: int = field(default=16, metadata={"help": "images per step per process"})
-    grad_clip: float = field(default=5.0, metadata={"help": "max gradient norm; 0 disables"})
+    schedule: str = field(default="multistep", metadata={"help": "'multistep' (the official: warm-up from 0.001, "
+                          "x0.1 at each of lr_steps) or 'cosine' (CLIP's, stage 0)"})
+    lr_steps: str = field(default="0.5,0.875", metadata={"help": "multistep: steps of x0.1, comma-separated; a value "
+                          "below 1 is a fraction of max_steps (the official 300k, 525k of 600k)"})
+    batch_size: int = field(default=16, metadata={"help": "images per step over all processes, split evenly over "
+                            "ranks (the official 96 = 3 images x 32 GPUs); the region losses see one rank's regions"})
+    grad_clip: float = field(default=5.0, metadata={"help": "max gradient L2 norm of each parameter tensor "
+                             "(regionclip, the official) or of all together (stage clip, open_clip's); 0 disables"})
     # ---- run
     out_dir: str = "runs/toy"
     seed: int = 0
@@ -101,7 +109,7 @@ class PretrainConfig:
 
 PRESETS = {
     "toy-clip": dict(_doc="stage 0: a tiny CLIP on the toy captions (the teacher / 'CLIP' baseline)",
-                     stage="clip", model_name="RN-toy", region_scale=1.0, lr=2e-3, weight_decay=0.1,
+                     stage="clip", model_name="RN-toy", region_scale=1.0, lr=2e-3, weight_decay=0.1, schedule="cosine",
                      warmup_steps=100, max_steps=2500, batch_size=64, ckpt_every=500, out_dir="runs/toy-clip",
                      num_workers=0, cache_images=True),
     "toy": dict(_doc="RegionCLIP on the toy world from the toy-clip checkpoint", stage="regionclip",
@@ -112,12 +120,14 @@ PRESETS = {
                       captions="data/coco/annotations/captions_train2017.json",
                       image_root="data/coco/train2017", image_size=800, region_scale=1.0, concept_min_count=100,
                       proposals="random", proposals_per_image=100, optimizer="sgd", lr=0.002, weight_decay=1e-4,
-                      momentum=0.9, warmup_steps=1000, max_steps=600_000, batch_size=96, device="auto",
+                      momentum=0.9, warmup_steps=1000, max_steps=600_000, lr_steps="300000,525000", batch_size=96,
+                      device="auto",
                       ckpt_every=5000, out_dir="runs/rn50-coco", num_workers=8),
     "rn50-cc3m": dict(_doc="paper: RN50 (openai) on CC3M (image_path<TAB>caption TSV), short side 800",
                       stage="regionclip", model_name="RN50", pretrained="openai", captions="data/cc3m/train.tsv",
                       image_root=None, image_size=800, region_scale=1.0, concept_min_count=100,
                       proposals="random", proposals_per_image=100, optimizer="sgd", lr=0.002, weight_decay=1e-4,
-                      momentum=0.9, warmup_steps=1000, max_steps=600_000, batch_size=96, device="auto",
+                      momentum=0.9, warmup_steps=1000, max_steps=600_000, lr_steps="300000,525000", batch_size=96,
+                      device="auto",
                       ckpt_every=5000, out_dir="runs/rn50-cc3m", num_workers=8),
 }
