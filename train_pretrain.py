@@ -45,7 +45,8 @@ from regionclip_min.cli import (config_to_dict, flags, format_config, parse_conf
 from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, CachedTokenizer, activation, is_quick_gelu, load_clip
 from regionclip_min.concepts import backend as concept_backend
 from regionclip_min.concepts import build_concept_pool, concept_embeddings, read_names
-from regionclip_min.data import ImageCaptionDataset, boxes_to_transformed, collate_image_caption
+from regionclip_min.data import (ImageCaptionDataset, boxes_to_resized, boxes_to_transformed, collate_image_caption,
+                                 flip_valid)
 from regionclip_min.detector import load_rpn, propose
 from regionclip_min.losses import concept_distillation, image_text_contrastive, region_text_contrastive
 from regionclip_min.official import read_embeddings
@@ -89,21 +90,32 @@ def check_replicas_in_sync(model) -> str:
 
 def make_proposals(cfg, images, batch, proposals_table, rpn, g) -> list[torch.Tensor]:
     """One (R_i, 4) xyxy box tensor per image, in the pixels of `images` (B, 3, H, W), CLIP-normalised (enlarged by
-    region_scale); R_i may be 0 (an image whose file lists no proposal: it then adds only the image-text loss)."""
-    h, w = images.shape[-2:]
+    region_scale), each inside its own image (not its padding); R_i may be 0 (an image whose file lists no proposal:
+    it then adds only the image-text loss)."""
+    sizes = (batch["sizes"].float() * cfg.region_scale).round().long().tolist()  # [h, w] of each unpadded image
     if cfg.proposals == "rpn":  # paper: RPN boxes after NMS 0.5, top 300, a random subset per image
         boxes = propose(rpn, images, cfg.rpn_top_k, clip_normalized=True, nms_thresh=0.5)
+        boxes = [_inside(b, h, w) for b, (h, w) in zip(boxes, sizes)]
         return [b[torch.randperm(len(b), generator=g)[: cfg.proposals_per_image].sort().values.to(b.device)]
                 for b in boxes]
     if cfg.proposals == "random":
-        return [random_boxes(cfg.proposals_per_image, h, w, generator=g) for _ in range(len(images))]
+        return [random_boxes(cfg.proposals_per_image, h, w, generator=g) for h, w in sizes]
     if cfg.proposals == "grid":
-        return [grid_boxes(h, w)[: cfg.proposals_per_image] for _ in range(len(images))]
-    boxes = []  # file boxes are in the pixels of the image file: map them through the resize + crop
-    for i, size in zip(batch["image_ids"].tolist(), batch["orig_sizes"].tolist()):
-        rows = boxes_to_transformed(proposals_table[i], tuple(size), cfg.image_size)  # checked at start: present
+        return [grid_boxes(h, w)[: cfg.proposals_per_image] for h, w in sizes]
+    boxes = []  # file boxes are in the pixels of the image file: map them through the resize (+ crop)
+    for i, size, new in zip(batch["image_ids"].tolist(), batch["orig_sizes"].tolist(), batch["sizes"].tolist()):
+        table = proposals_table[i]  # checked at start: present
+        rows = (boxes_to_transformed(table, tuple(size), cfg.image_size) if cfg.max_size is None
+                else boxes_to_resized(table, tuple(size), tuple(new)))
         boxes.append(rows[: cfg.proposals_per_image, :4] * cfg.region_scale)
     return boxes
+
+
+def _inside(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(N, 4) xyxy clipped to an h x w image; boxes left without area are dropped."""
+    boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w),
+                         boxes[:, 3].clamp(0, h)], dim=1)
+    return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
 
 
 # ---- models -----------------------------------------------------------------------------------------------
@@ -297,7 +309,7 @@ def run_training(cfg, preset, rank: int, world: int):
         (out / "config.json").write_text(format_config(cfg))
 
     dataset = ImageCaptionDataset(cfg.captions, cfg.image_root, image_size=cfg.image_size, train=False,
-                                  cache_images=cfg.cache_images)
+                                  cache_images=cfg.cache_images, max_size=cfg.max_size)
     if main_proc:
         print(dataset.summary())
     dataset.check_images("--image_root")  # a wrong image_root would otherwise skip every image, silently
@@ -372,7 +384,7 @@ def run_training(cfg, preset, rank: int, world: int):
         skipped_images += per_rank - len(batch["images"])  # bad images dropped by the collate
         if cfg.hflip:
             flip = torch.rand(len(batch["images"]), generator=g) < 0.5  # (B,)
-            batch["images"][flip] = batch["images"][flip].flip(-1)
+            flip_valid(batch["images"], batch["sizes"], flip)
         if cfg.stage == "clip":
             losses, info = clip_step(cfg, model, captions_tokenizer, batch, g, device)
         else:
@@ -424,7 +436,8 @@ def run_training(cfg, preset, rank: int, world: int):
         summary.update(steps=step - start, first_step=start, seconds=round(time.time() - t0, 1),
                        images_skipped_unreadable=skipped_images, batches_skipped_unreadable=skipped_batches,
                        dataset_skipped_at_load=dict(dataset.skipped),
-                       batches_all_kept_no_region_confident=unconfident_batches, images_without_proposals_seen=no_proposal_images)
+                       batches_all_kept_no_region_confident=unconfident_batches,
+                       images_without_proposals_seen=no_proposal_images)
         ckpt.write_json(out / "run_summary.json", summary)
         print(f"run summary ({out / 'run_summary.json'}): {ckpt.strict_json(summary)}")
         print(f"done: {step} steps in {time.time() - t0:.0f} s; checkpoint {out / 'final.pt'}; next: {nxt}")

@@ -206,7 +206,7 @@ class StepBench:
 def synthetic_batch(n: int, size: int, device) -> dict:
     g = torch.Generator().manual_seed(n * 1000 + size)
     return {"images": torch.randn(n, 3, size, size, generator=g), "captions": [["a photo of a red circle"]] * n,
-            "image_ids": torch.arange(n), "orig_sizes": torch.full((n, 2), size)}
+            "image_ids": torch.arange(n), "orig_sizes": torch.full((n, 2), size), "sizes": torch.full((n, 2), size)}
 
 
 def bench_step_parts(device, quick: bool, world: Path) -> list[dict]:

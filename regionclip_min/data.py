@@ -76,17 +76,21 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # grayscale, palette, RGBA (alpha dropped) -> RGB
 
 
-def _geometry(image_size: int) -> list:
+def _geometry(image_size: int, max_size: int | None = None) -> list:
+    if max_size is not None:  # detectron2's ResizeShortestEdge: short side S, long side at most max_size, no crop
+        return [_to_rgb, T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC, max_size=max_size,
+                                  antialias=True)]
     return [_to_rgb, T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
             T.CenterCrop(image_size)]
 
 
-def image_transform(image_size: int, *, train: bool = False) -> T.Compose:
+def image_transform(image_size: int, *, train: bool = False, max_size: int | None = None) -> T.Compose:
     """CLIP's whole-image preprocessing, PIL image (any mode) -> (3, S, S) float32 CLIP-normalised: resize the short
     side to S = image_size (bicubic, as CLIP), center crop; ``train`` adds a horizontal flip (p = 0.5). To pool
-    regions from enlarged images (DESIGN §5.1), pass the enlarged S, e.g. 256 for a 128-px CLIP."""
+    regions from enlarged images (DESIGN §5.1), pass the enlarged S, e.g. 256 for a 128-px CLIP. With `max_size`:
+    no crop, the aspect kept, the long side at most max_size (the official pretraining's 800 / 1333): (3, h, w)."""
     flip = [T.RandomHorizontalFlip(0.5)] if train else []
-    return T.Compose(_geometry(image_size) + flip + [T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+    return T.Compose(_geometry(image_size, max_size) + flip + [T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
 
 
 def _uint8_to_input(image: torch.Tensor) -> torch.Tensor:
@@ -231,6 +235,7 @@ class ImageCaptionDataset(_CheckedDataset):
             tab; lines naming the same path are one item; blank lines are ignored).
         image_root: folder the (relative) image paths start from; default the folder of ``path``.
         image_size: S, the output side (see ``image_transform``); train: random horizontal flip.
+        max_size: None: square S x S centre crops; a value: short side S, long side at most this, aspect kept.
         strict: raise at the first bad sample instead of skipping it.
         cache_images: keep each image, decoded, resized and cropped, as (3, S, S) uint8 in memory from its first
             read on (3 S^2 bytes per image: 0.4 GB for the toy world's 8,000 at 128 px), so later epochs skip PNG
@@ -242,11 +247,11 @@ class ImageCaptionDataset(_CheckedDataset):
     """
 
     def __init__(self, path, image_root=None, *, image_size: int = 128, train: bool = False, strict: bool = False,
-                 cache_images: bool = False):
+                 cache_images: bool = False, max_size: int | None = None):
         super().__init__(path, strict)
         self.image_root = Path(image_root) if image_root is not None else self.path.parent
-        self.transform = image_transform(image_size, train=train)
-        self._geometry = T.Compose(_geometry(image_size))
+        self.transform = image_transform(image_size, train=train, max_size=max_size)
+        self._geometry = T.Compose(_geometry(image_size, max_size))
         self._flip = T.RandomHorizontalFlip(0.5) if train else None
         self.cache: dict[int, tuple[torch.Tensor, tuple[int, int]]] | None = {} if cache_images else None
         self.items: list[tuple[Path, list[str], int, str]] = []  # (image path, captions, image id, where)
@@ -323,13 +328,19 @@ class ImageCaptionDataset(_CheckedDataset):
 
 
 def collate_image_caption(batch: list[dict | None]) -> dict | None:
-    """Batch ImageCaptionDataset items, dropping None (bad images). Returns {"images": (B, 3, S, S) float32,
-    "captions": B lists of str, "image_ids": (B,) int64, "orig_sizes": (B, 2) int64 [width, height] of the files},
-    or None when every item was dropped (skip the step)."""
+    """Batch ImageCaptionDataset items, dropping None (bad images). Returns {"images": (B, 3, H, W) float32, images
+    of other sizes zero-padded at the bottom and right (Detectron2's `ImageList.from_tensors`), "sizes": (B, 2)
+    int64 [height, width] of each image before padding, "captions": B lists of str, "image_ids": (B,) int64,
+    "orig_sizes": (B, 2) int64 [width, height] of the files}, or None when every item was dropped (skip the step)."""
     items = [b for b in batch if b is not None]
     if not items:
         return None
-    return {"images": torch.stack([b["image"] for b in items]),  # (B, 3, S, S)
+    h, w = (max(b["image"].shape[i] for b in items) for i in (1, 2))
+    images = torch.zeros(len(items), 3, h, w)  # (B, 3, H, W); 0 = the mean colour after normalisation
+    for i, b in enumerate(items):
+        images[i, :, :b["image"].shape[1], :b["image"].shape[2]] = b["image"]
+    return {"images": images,
+            "sizes": torch.tensor([tuple(b["image"].shape[1:]) for b in items], dtype=torch.int64),  # (B, 2)
             "captions": [b["captions"] for b in items],
             "image_ids": torch.tensor([b["image_id"] for b in items], dtype=torch.int64),  # (B,)
             "orig_sizes": torch.tensor([b["orig_size"] for b in items], dtype=torch.int64)}  # (B, 2)
@@ -347,6 +358,24 @@ def boxes_to_transformed(boxes: torch.Tensor, orig_size: tuple[int, int], image_
                    - torch.tensor([left, top, left, top], dtype=torch.float32)).clamp(0, image_size)
     keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
     return out[keep]
+
+
+def boxes_to_resized(boxes: torch.Tensor, orig_size: tuple[int, int], new_size: tuple[int, int]) -> torch.Tensor:
+    """Boxes (N, 4+) xyxy in the pixels of a (width, height) file -> the pixels of the same image resized, without
+    a crop, to new_size (height, width); clipped, rows with no area dropped, extra columns kept."""
+    (w, h), (new_h, new_w) = orig_size, new_size
+    out = boxes.clone().float()
+    out[:, 0:4] = out[:, 0:4] * torch.tensor([new_w / w, new_h / h] * 2)
+    out[:, 0:4] = torch.minimum(out[:, 0:4].clamp(min=0), torch.tensor([new_w, new_h] * 2, dtype=torch.float32))
+    return out[(out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])]
+
+
+def flip_valid(images: torch.Tensor, sizes: torch.Tensor, flip: torch.Tensor) -> None:
+    """Mirrors, in place, the images of a padded batch (B, 3, H, W) where `flip` (B,) is True, each within its own
+    (height, width) of `sizes` (B, 2), so that padding stays at the right."""
+    for i in torch.where(flip)[0].tolist():
+        h, w = sizes[i].tolist()
+        images[i, :, :h, :w] = images[i, :, :h, :w].flip(-1)
 
 
 class DetectionDataset(_CheckedDataset):

@@ -27,3 +27,16 @@ def stage0_run(toy_world, tmp_path_factory):
                          "--max_steps", "60", "--batch_size", "8", "--warmup_steps", "5", "--log_every", "1",
                          "--num_workers", "0", "--ckpt_every", "30"])
     return out
+
+
+@pytest.fixture(scope="session")
+def rpn_ckpt(toy_world, stage0_run, tmp_path_factory):
+    """A 3-step toy RPN: enough to give proposals (the tests check the plumbing, not its recall)."""
+    import train_detect
+
+    out = tmp_path_factory.mktemp("zs-rpn")
+    train_detect.main(["--preset", "toy-rpn", "--init", str(stage0_run / "final.pt"), "--train_json",
+                       toy_world["instances_train_base"], "--val_json", toy_world["instances_val_all"],
+                       "--out_dir", str(out), "--batch_size", "2", "--num_workers", "0", "--warmup_steps", "1",
+                       "--max_steps", "3", "--eval_max_images", "2"])
+    return out / "final.pt"

@@ -8,8 +8,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from regionclip_min.data import (
-    CLIP_MEAN, CLIP_STD, DetectionDataset, ImageCaptionDataset, collate_detection, collate_image_caption, hflip,
-    image_transform, normalize, open_rgb,
+    CLIP_MEAN, CLIP_STD, DetectionDataset, ImageCaptionDataset, boxes_to_resized, collate_detection,
+    collate_image_caption, flip_valid, hflip, image_transform, normalize, open_rgb,
 )
 
 RED = (255, 0, 0)
@@ -206,6 +206,29 @@ def test_image_caption_coco_json_and_collate(tmp_path):
     assert batch["image_ids"].dtype == torch.int64 and batch["captions"][2] == ["green"]
     assert collate_image_caption([None, None]) is None
     assert collate_image_caption([None, item])["images"].shape == (1, 3, 16, 16)
+
+
+def test_pretraining_images_keep_their_aspect_and_are_padded(tmp_path):
+    """max_size: short side S, long side at most max_size, no crop (the official 800 / 1333); a batch is padded at
+    the bottom and right with 0 (the mean colour), flips stay inside each image, file boxes follow the resize."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "images" / "wide.png")  # 2:1
+    Image.new("RGB", (20, 80), (0, 255, 0)).save(tmp_path / "images" / "tall.png")  # 1:4, capped by max_size
+    caps = {"images": [{"id": 1, "file_name": "wide.png"}, {"id": 2, "file_name": "tall.png"}],
+            "annotations": [{"image_id": 1, "caption": "red"}, {"image_id": 2, "caption": "green"}]}
+    (tmp_path / "caps.json").write_text(json.dumps(caps))
+    ds = ImageCaptionDataset(tmp_path / "caps.json", tmp_path / "images", image_size=16, max_size=48)
+    assert ds[0]["image"].shape == (3, 16, 32) and ds[1]["image"].shape == (3, 48, 12)
+    batch = collate_image_caption([ds[0], ds[1]])
+    assert batch["images"].shape == (2, 3, 48, 32) and batch["sizes"].tolist() == [[16, 32], [48, 12]]
+    assert torch.all(batch["images"][0, :, 16:] == 0) and torch.all(batch["images"][1, :, :, 12:] == 0)
+    left = batch["images"][1, :, :, 0].clone()
+    batch["images"][1, :, :, 11] = 5.0  # mark the last valid column
+    flip_valid(batch["images"], batch["sizes"], torch.tensor([False, True]))
+    assert torch.all(batch["images"][1, :, :, 0] == 5.0) and torch.equal(batch["images"][1, :, :, 11], left)
+    assert torch.all(batch["images"][1, :, :, 12:] == 0)  # the padding stayed at the right
+    boxes = boxes_to_resized(torch.tensor([[0.0, 0, 20, 10, 0.9], [10, 70, 30, 90, 0.5]]), (20, 80), (48, 12))
+    torch.testing.assert_close(boxes, torch.tensor([[0, 0, 12, 6, 0.9], [6, 42, 12, 48, 0.5]]))
 
 
 @pytest.mark.parametrize("train", [False, True])

@@ -15,17 +15,6 @@ from regionclip_min.evaluation import encode_regions, gt_box_accuracy, named_as,
 from regionclip_min.regions import RegionEncoder
 
 
-@pytest.fixture(scope="module")
-def rpn_ckpt(toy_world, stage0_run, tmp_path_factory):
-    """A 3-step toy RPN: enough to give proposals (the tests check the plumbing, not its recall)."""
-    out = tmp_path_factory.mktemp("zs-rpn")
-    train_detect.main(["--preset", "toy-rpn", "--init", str(stage0_run / "final.pt"), "--train_json",
-                       toy_world["instances_train_base"], "--val_json", toy_world["instances_val_all"],
-                       "--out_dir", str(out), "--batch_size", "2", "--num_workers", "0", "--warmup_steps", "1",
-                       "--max_steps", "3", "--eval_max_images", "2"])
-    return out / "final.pt"
-
-
 def _one_image_world(toy_world, tmp_path):
     """A val image whose boxes all have different classes, as its own instances json (same image folder)."""
     data = json.loads(open(toy_world["instances_val_all"]).read())

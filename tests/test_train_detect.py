@@ -139,10 +139,20 @@ def test_bad_config_values_are_rejected(toy_world, tmp_path):
         train_detect.main(["--max_steps", "ten"])
 
 
-def test_coco_preset_builds_and_runs_one_step_on_cpu(toy_world, tmp_path):
-    """The paper's COCO recipe (RN50, random weights here) on toy files, one step at a reduced size."""
+def test_coco_preset_builds_and_runs_one_step_on_cpu(toy_world, rpn_run, tmp_path):
+    """The paper's COCO recipe (RN50, random weights here) on toy files, one step at a reduced size, with the toy
+    RPN as its offline RPN; and the coco-rpn preset that trains that RPN."""
+    rpn = tmp_path / "coco-rpn"
+    train_detect.main(["--preset", "coco-rpn", "--pretrained", "none", "--device", "cpu", "--train_json",
+                       toy_world["instances_train_base"], "--val_json", toy_world["instances_val_all"],
+                       "--image_root", toy_world["images"], "--val_image_root", toy_world["images"],
+                       "--category_split", "json", "--out_dir", str(rpn), "--max_steps", "1", "--batch_size", "2",
+                       "--num_workers", "0", "--min_sizes", "224", "--max_size", "224", "--eval_max_images", "2"])
+    state = load_checkpoint(rpn / "final.pt")
+    assert state["kind"] == "rpn" and state["config"]["lr"] == 0.02 and state["config"]["lr_steps"] == "60000,80000"
     out = tmp_path / "coco"
-    train_detect.main(["--preset", "coco-ovd-rn50", "--init", "none", "--device", "cpu", "--train_json",
+    train_detect.main(["--preset", "coco-ovd-rn50", "--init", "none", "--device", "cpu", "--rpn_checkpoint",
+                       str(rpn_run / "final.pt"), "--train_json",
                        toy_world["instances_train_base"], "--val_json", toy_world["instances_val_all"],
                        "--image_root", toy_world["images"], "--val_image_root", toy_world["images"],
                        "--category_split", "json", "--out_dir", str(out), "--max_steps", "1", "--batch_size", "2",
@@ -152,7 +162,9 @@ def test_coco_preset_builds_and_runs_one_step_on_cpu(toy_world, tmp_path):
     row = _metrics(out)[0]
     assert row["step"] == 1 and all(row[k] == row[k] for k in row)
     state = load_checkpoint(out / "final.pt")
-    assert state["config"]["lr"] == 0.002 and state["config"]["max_steps"] == 1
+    assert state["config"]["lr"] == 0.002 and state["config"]["max_steps"] == 1 and state["config"]["rpn"] == "offline"
+    assert (state["config"]["warmup_steps"], state["config"]["box_nms"], state["config"]["box_score_thresh"]) == (
+        5000, "soft", 0.001)
     assert state["detector_kwargs"]["focal_gamma"] == 0.5 and state["detector_kwargs"]["background_weight"] == 0.2
     assert state["detector_kwargs"]["tau"] == 0.01  # the paper's value, whatever the (random) weights' logit_scale
     assert state["class_embeddings"]["train"].shape[1] == 1024  # RN50's embedding width

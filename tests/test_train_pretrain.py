@@ -118,14 +118,14 @@ def test_bad_config_values_are_rejected(toy_world):
 
 
 @pytest.mark.parametrize("preset", ["rn50-coco", "rn50-cc3m"])
-def test_paper_presets_build_and_run_one_step_on_cpu(preset, toy_world, tmp_path):
+def test_paper_presets_build_and_run_one_step_on_cpu(preset, toy_world, rpn_ckpt, tmp_path):
     captions = toy_world["captions_train"]
     if preset == "rn50-cc3m":  # the CC3M preset reads an image<TAB>caption TSV
         caps = json.loads(Path(captions).read_text())
         files = {im["id"]: im["file_name"] for im in caps["images"]}
         captions = tmp_path / "train.tsv"
         captions.write_text("".join(f"{files[a['image_id']]}\t{a['caption']}\n" for a in caps["annotations"][:12]))
-    extra = ["--image_root", toy_world["images"]]
+    extra = ["--image_root", toy_world["images"], "--rpn_checkpoint", str(rpn_ckpt)]  # a toy RPN, any images
     out = tmp_path / preset
     train_pretrain.main(["--preset", preset, "--pretrained", "none", "--device", "cpu", "--captions", str(captions),
                          "--out_dir", str(out), "--max_steps", "1", "--batch_size", "2", "--image_size", "224",
@@ -133,7 +133,9 @@ def test_paper_presets_build_and_run_one_step_on_cpu(preset, toy_world, tmp_path
                          "--templates", "single", "--concept_cache", "none", *extra])
     rows = _metrics(out)
     assert rows[0]["step"] == 1 and all(rows[0][k] == rows[0][k] for k in rows[0])
-    assert load_checkpoint(out / "final.pt")["config"]["model_name"] == "RN50"
+    config = load_checkpoint(out / "final.pt")["config"]
+    assert config["model_name"] == "RN50" and config["proposals"] == "rpn" and config["max_size"] == 1333
+    assert (config["schedule"], config["lr_steps"], config["negatives"]) == ("multistep", "300000,525000", "regions")
 
 
 def test_two_process_gloo_run_keeps_ranks_identical(toy_world, stage0_run, tmp_path):

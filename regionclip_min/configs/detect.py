@@ -128,13 +128,29 @@ PRESETS = {
                 "classifier at the toy CLIP's own temperature, as the paper's 0.01 is OpenAI CLIP's own",
                 task="detector", init="runs/toy/final.pt", lr=4e-4, max_steps=600, batch_size=8, tau_from_init=True,
                 out_dir="runs/toy-det"),
-    "coco-ovd-rn50": dict(_doc="paper: COCO 48/17, RN50, SGD lr 0.002, batch 16, 90k iters, 640-800 / 800 px",
-                          task="detector", model_name="RN50", init="runs/rn50-coco/final.pt",
+    "coco-rpn": dict(_doc="the offline RPN of the COCO recipe (test_transfer_learning.sh's rpn_coco_48.pth): class-"
+                     "agnostic, on the 48 base classes' boxes, on OpenAI's RN50 res4 map (the official one is a "
+                     "Detectron2 ImageNet R50-C4: configs/COCO-InstanceSegmentation/"
+                     "mask_rcnn_R_50_C4_1x_ovd_FSD.yaml); SGD lr 0.02, batch 16, 90k steps",
+                     task="rpn", model_name="RN50", init=None, pretrained="openai",
+                     train_json="data/coco/annotations/instances_train2017.json",
+                     val_json="data/coco/annotations/instances_val2017.json", image_root="data/coco/train2017",
+                     val_image_root="data/coco/val2017", category_split="coco-ovd", drop_empty=True,
+                     min_sizes="640,672,704,736,768,800", max_size=1333, anchor_sizes="32,64,128,256,512",
+                     rpn_pre_nms_top_n_train=12000, rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_train=2000,
+                     rpn_post_nms_top_n_test=1000, optimizer="sgd", lr=0.02, new_layers_lr_mult=1.0,
+                     weight_decay=1e-4, warmup_steps=1000, lr_steps="60000,80000", max_steps=90_000, batch_size=16,
+                     channels_last=False, device="auto", num_workers=8, ckpt_every=5000, out_dir="runs/coco-rpn"),
+    "coco-ovd-rn50": dict(_doc="paper (configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml, "
+                          "test_transfer_learning.sh): COCO 48/17, RN50, the frozen coco-rpn RPN (1,000 proposals), "
+                          "SGD lr 0.002, batch 16, 90k steps, 640-800 / 800 px, soft-NMS at test",
+                          task="detector", model_name="RN50", init="runs/rn50-coco/final.pt", rpn="offline",
+                          rpn_checkpoint="runs/coco-rpn/final.pt",
                           train_json="data/coco/annotations/instances_train2017.json",
                           val_json="data/coco/annotations/instances_val2017.json", image_root="data/coco/train2017",
                           val_image_root="data/coco/val2017", category_split="coco-ovd", drop_empty=True,
                           min_sizes="640,672,704,736,768,800", max_size=1333, anchor_sizes="32,64,128,256,512",
-                          rpn_pre_nms_top_n_train=12000, rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_train=2000,
+                          rpn_pre_nms_top_n_train=12000, rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_train=1000,
                           rpn_post_nms_top_n_test=1000, box_batch_size_per_image=512, focal_gamma=0.5,
                           background_weight=0.2, optimizer="sgd", lr=0.002, new_layers_lr_mult=1.0,
                           weight_decay=1e-4, warmup_steps=5000, lr_steps="60000,80000", max_steps=90_000,

@@ -16,7 +16,10 @@ class PretrainConfig:
                           metadata={"help": "COCO captions json or TSV of image_path<TAB>caption"})
     image_root: str | None = field(default=None, metadata={"help": "image folder (default: toy layout "
                                    "'images/' beside a json, else the file's folder)"})
-    image_size: int = field(default=128, metadata={"help": "side of the (square, centre-cropped) training image"})
+    image_size: int = field(default=128, metadata={"help": "short side of the training image (with max_size None: "
+                            "the side of a square centre crop)"})
+    max_size: int | None = field(default=None, metadata={"help": "None: square centre crops; a value: the aspect kept, "
+                                 "the long side at most this, batches zero-padded (the official 800 / 1333)"})
     region_scale: float = field(default=2.0, metadata={"help": "images are enlarged by this before region pooling "
                                 "(DESIGN §5.1: a 128-px CLIP needs 2-3x; the paper pools from 800-px images)"})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flips"})
@@ -115,19 +118,22 @@ PRESETS = {
     "toy": dict(_doc="RegionCLIP on the toy world from the toy-clip checkpoint", stage="regionclip",
                 init="runs/toy-clip/final.pt", model_name="RN-toy", region_scale=2.0, lr=1e-4, weight_decay=0.1,
                 warmup_steps=50, max_steps=600, batch_size=16, proposals_per_image=16, out_dir="runs/toy"),
-    "rn50-coco": dict(_doc="paper: RN50 (openai) on COCO Captions, short side 800, SGD lr 0.002",
+    "rn50-coco": dict(_doc="paper (configs/pretrain/RegionCLIP_RN50.yaml, pretrain.sh): RN50 from OpenAI's CLIP on "
+                      "COCO Captions, proposals of the coco-rpn RPN, short side 800, SGD lr 0.002, global batch 96, "
+                      "600k steps",
                       stage="regionclip", model_name="RN50", pretrained="openai",
                       captions="data/coco/annotations/captions_train2017.json",
-                      image_root="data/coco/train2017", image_size=800, region_scale=1.0, concept_min_count=100,
-                      proposals="random", proposals_per_image=100, optimizer="sgd", lr=0.002, weight_decay=1e-4,
+                      image_root="data/coco/train2017", image_size=800, max_size=1333, region_scale=1.0,
+                      concept_min_count=100, proposals="rpn", rpn_checkpoint="runs/coco-rpn/final.pt", rpn_top_k=300,
+                      proposals_per_image=100, optimizer="sgd", lr=0.002, weight_decay=1e-4,
                       momentum=0.9, warmup_steps=1000, max_steps=600_000, lr_steps="300000,525000", batch_size=96,
-                      device="auto",
-                      ckpt_every=5000, out_dir="runs/rn50-coco", num_workers=8),
-    "rn50-cc3m": dict(_doc="paper: RN50 (openai) on CC3M (image_path<TAB>caption TSV), short side 800",
+                      device="auto", ckpt_every=5000, out_dir="runs/rn50-coco", num_workers=8),
+    "rn50-cc3m": dict(_doc="paper (configs/pretrain/RegionCLIP_RN50.yaml, pretrain.sh): the same on CC3M, an "
+                      "image_path<TAB>caption TSV",
                       stage="regionclip", model_name="RN50", pretrained="openai", captions="data/cc3m/train.tsv",
-                      image_root=None, image_size=800, region_scale=1.0, concept_min_count=100,
-                      proposals="random", proposals_per_image=100, optimizer="sgd", lr=0.002, weight_decay=1e-4,
+                      image_root=None, image_size=800, max_size=1333, region_scale=1.0,
+                      concept_min_count=100, proposals="rpn", rpn_checkpoint="runs/coco-rpn/final.pt", rpn_top_k=300,
+                      proposals_per_image=100, optimizer="sgd", lr=0.002, weight_decay=1e-4,
                       momentum=0.9, warmup_steps=1000, max_steps=600_000, lr_steps="300000,525000", batch_size=96,
-                      device="auto",
-                      ckpt_every=5000, out_dir="runs/rn50-cc3m", num_workers=8),
+                      device="auto", ckpt_every=5000, out_dir="runs/rn50-cc3m", num_workers=8),
 }
