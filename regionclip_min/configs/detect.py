@@ -75,7 +75,7 @@ class DetectConfig:
     box_score_thresh: float = field(default=0.001, metadata={"help": "test: detections scoring below this are dropped "
                                     "(the official COCO test: 0.001)"})
     box_nms: str = field(default="soft", metadata={"help": "test: 'soft' (gaussian soft-NMS, sigma 0.5, prune 0.001: "
-                         "the official COCO test) or 'hard' (NMS at box_nms_thresh)"})
+                         "the official COCO test) or 'hard' (NMS at box_nms_thresh: the official LVIS test)"})
     box_nms_thresh: float = field(default=0.5, metadata={"help": "test: --box_nms hard's IoU"})
     detections_per_img: int = 100
     channels_last: bool = field(default=True, metadata={"help": "channels-last convolutions (faster on CPU)"})
@@ -88,10 +88,9 @@ class DetectConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     warmup_steps: int = 50
-    schedule: str = field(default="multistep", metadata={"help": "'multistep' (the official: warm-up from 0.001, "
-                          "x0.1 at each of lr_steps) or 'cosine' (to 0)"})
-    lr_steps: str = field(default="0.6667,0.8889", metadata={"help": "multistep: steps of x0.1, comma-separated; a "
-                          "value below 1 is a fraction of max_steps (the official COCO 60k, 80k of 90k)"})
+    lr_steps: str = field(default="0.6667,0.8889", metadata={"help": "the official WarmupMultiStep schedule: linear "
+                          "warm-up from 0.001 over warmup_steps, then x0.1 at each of these steps (comma-separated; a "
+                          "value below 1 is a fraction of max_steps; COCO: 60k, 80k of 90k)"})
     max_steps: int = 600
     batch_size: int = 8
     grad_clip: float = field(default=0.0, metadata={"help": "max gradient L2 norm of each parameter tensor; 0 "
