@@ -9,7 +9,7 @@
         --instances data/coco/annotations/instances_val2017.json                 # OpenAI's CLIP on COCO
 
 Every box goes through the region path of the model (res4 map -> RoIAlign -> layer4 -> attention pool; images
-enlarged by --scale first, DESIGN.md §5.1) and is compared by cosine with the vocabulary's prompt-ensembled text
+enlarged by --scale first, docs/DESIGN.md §5.1) and is compared by cosine with the vocabulary's prompt-ensembled text
 embeddings. The same protocol runs for every model: a stage-0 CLIP or RegionCLIP checkpoint of train_pretrain.py, a
 detector checkpoint of train_detect.py (its backbone + box head are the region path, its text encoder is that of
 the checkpoint it was initialised from), or an open_clip model name with a tag or a local weights file.

@@ -67,7 +67,7 @@ def _image_root(json_path: str, root: str | None) -> str | None:
     return root
 
 
-# ---- config -> keyword arguments, in one place (STYLE.md 6) ---------------------------------------------------
+# ---- config -> keyword arguments, in one place (docs/DESIGN.md §2) ------------------------------------------
 def rpn_kwargs(cfg) -> dict:
     return dict(min_size=list(_ints(cfg.min_sizes)), max_size=cfg.max_size, anchor_sizes=list(_ints(cfg.anchor_sizes)),
                 aspect_ratios=list(_floats(cfg.aspect_ratios)), pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,

@@ -4,7 +4,7 @@
     python train_pretrain.py --preset toy                           # RegionCLIP from the stage-0 checkpoint
     torchrun --nproc_per_node 2 train_pretrain.py --preset toy      # the same under DDP (gloo on CPU)
 
-One RegionCLIP step (DESIGN.md §1, §4):
+One RegionCLIP step (docs/DESIGN.md §1, §4):
     images + captions -> proposals (random | grid | file | rpn) on images enlarged by `region_scale`
     teacher (frozen image-level CLIP): region embeddings -> pseudo_label -> (y, q, keep)          [no_grad]
     student: region embeddings of the proposals and of the whole-image box
@@ -131,7 +131,7 @@ def build_models(cfg, device):
     teacher = copy.deepcopy(student).eval().requires_grad_(False)
     student.requires_grad_(False)
     visual = student.visual
-    for name in ("layer2", "layer3", "layer4", "attnpool"):  # paper: stem and layer1 frozen (DESIGN §4)
+    for name in ("layer2", "layer3", "layer4", "attnpool"):  # paper: stem and layer1 frozen (docs/DESIGN.md §4)
         getattr(visual, name).requires_grad_(True)
     return student, teacher, tokenizer
 

@@ -139,7 +139,7 @@ def bench_regions(device, quick: bool) -> list[dict]:
         if err > 1e-4:
             raise SystemExit(f"{label}: whole-image region embedding differs from encode_image (rel. max err {err:.2e})"
                              ": the fast path is wrong, no speed figure is worth reporting")
-        side = int(size * scale)  # ours pools from the image enlarged by `scale` (the toy world's 2x, DESIGN 5.1)
+        side = int(size * scale)  # ours pools from the image enlarged by `scale` (docs/DESIGN.md §5.1)
         image = F.interpolate(native, size=(side, side), mode="bilinear").contiguous(memory_format=torch.channels_last)
         for R in counts:
             boxes = random_boxes(R, side, side, generator=g).to(device)  # (R, 4)

@@ -1,4 +1,4 @@
-"""One `@dataclass` config per script, overridden from the command line (STYLE.md 5).
+"""One `@dataclass` config per script, overridden from the command line (docs/DESIGN.md §6).
 
     python train_pretrain.py --preset toy --lr 5e-4 --max_steps 600
 

@@ -1,4 +1,4 @@
-"""Datasets, pixel transforms and collate functions (the data of paper Sec. 3.3 and 4.1; DESIGN §2, §3).
+"""Datasets, pixel transforms and collate functions (the data of paper Sec. 3.3 and 4.1; docs/DESIGN.md §2, §3).
 
 Provides CLIP's pixel statistics and whole-image preprocessing (``CLIP_MEAN``, ``CLIP_STD``, ``normalize``,
 ``image_transform``); ``ImageCaptionDataset``, the image-text pairs of pretraining, from a COCO captions json or
@@ -87,8 +87,9 @@ def _geometry(image_size: int, max_size: int | None = None) -> list:
 def image_transform(image_size: int, *, train: bool = False, max_size: int | None = None) -> T.Compose:
     """CLIP's whole-image preprocessing, PIL image (any mode) -> (3, S, S) float32 CLIP-normalised: resize the short
     side to S = image_size (bicubic, as CLIP), center crop; ``train`` adds a horizontal flip (p = 0.5). To pool
-    regions from enlarged images (DESIGN §5.1), pass the enlarged S, e.g. 256 for a 128-px CLIP. With `max_size`:
-    no crop, the aspect kept, the long side at most max_size (the official pretraining's 800 / 1333): (3, h, w)."""
+    regions from enlarged images (docs/DESIGN.md §5.1), pass the enlarged S, e.g. 256 for a 128-px CLIP. With
+    `max_size`: no crop, the aspect kept, the long side at most max_size (the official pretraining's 800 / 1333):
+    (3, h, w)."""
     flip = [T.RandomHorizontalFlip(0.5)] if train else []
     return T.Compose(_geometry(image_size, max_size) + flip + [T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
 
@@ -381,7 +382,7 @@ def flip_valid(images: torch.Tensor, sizes: torch.Tensor, flip: torch.Tensor) ->
 class DetectionDataset(_CheckedDataset):
     """COCO instances as torchvision detection targets (open-vocabulary transfer and evaluation, Sec. 4.1).
 
-    Labels follow DESIGN §3: background 0; the kept categories are sorted by category id and
+    Labels follow docs/DESIGN.md §3: background 0; the kept categories are sorted by category id and
     ``category_names[k]`` (id ``category_ids[k]``) gets label k + 1.
 
     Args:
@@ -391,7 +392,7 @@ class DetectionDataset(_CheckedDataset):
         categories: keep only these: a list of names and/or ids, or a split name ("base"/"novel") matched
             against each category's "split" field. Boxes of other categories are dropped (not counted as bad).
         min_size: if set, resize each image so its short side is min_size (bilinear) and scale its boxes, e.g.
-            twice the CLIP input size to pool regions from 2x enlarged images (DESIGN §5.1).
+            twice the CLIP input size to pool regions from 2x enlarged images (docs/DESIGN.md §5.1).
         hflip_prob: probability of a horizontal flip of image and boxes (training: 0.5).
         drop_empty: leave out images that keep no box (by default they stay, as negatives with boxes (0, 4)).
         strict: raise at the first bad sample instead of skipping it.

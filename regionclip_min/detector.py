@@ -1,6 +1,6 @@
 """Open-vocabulary Faster R-CNN from a (Region)CLIP ResNet: the paper's transfer to detection (Sec. 3.3, 4.1).
 
-torchvision's Faster R-CNN, assembled by injection from these parts (DESIGN.md §4, "Transfer"):
+torchvision's Faster R-CNN, assembled by injection from these parts (docs/DESIGN.md §4, "Transfer"):
 
     images -> GeneralizedRCNNTransform (resize to min_size/max_size, CLIP mean/std)
            -> CLIPBackbone: CLIP stem..layer3, the res4 map (stride 16), one level
@@ -15,7 +15,7 @@ torchvision's Faster R-CNN, assembled by injection from these parts (DESIGN.md �
 
 The class embeddings e_k are frozen, L2-normalised class-name text embeddings (prompt ensemble). They are a
 non-persistent buffer: `set_vocabulary` swaps base names for base + novel (or any list) without touching a weight.
-Background is torchvision's index 0; class k of the vocabulary is label k + 1 (DESIGN.md §3).
+Background is torchvision's index 0; class k of the vocabulary is label k + 1 (docs/DESIGN.md §3).
 
 Two RPN modes:
   - "joint" (torchvision's default): the RPN head is trained with the detector on the shared res4 map;
@@ -25,7 +25,7 @@ Two RPN modes:
 `propose` serves the same ProposalNetwork's boxes to RegionCLIP pretraining (Sec. 3.1 proposals).
 
 Why GeneralizedRCNN and not FasterRCNN(...): FasterRCNN's constructor only accepts a MultiScaleRoIAlign pooler,
-which does not use aligned=True (DESIGN.md §3); so we assemble exactly the parts its constructor assembles
+which does not use aligned=True (docs/DESIGN.md §3); so we assemble exactly the parts its constructor assembles
 (transform, RPN, RoIHeads) and hand them to its base class. Left out: FPN, masks, multi-GPU BatchNorm.
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ class AlignedRoIPool(nn.Module):
 
     Called as box_roi_pool(features, proposals, image_shapes) with features {"0": (B, C4, H/16, W/16)} and
     proposals B tensors (R_i, 4) xyxy pixels of the resized image; returns (R, C4, P, P). Checks one box list per
-    image before roi_align (which on CPU reads and writes past the map otherwise, DESIGN.md §3)."""
+    image before roi_align (which on CPU reads and writes past the map otherwise, docs/DESIGN.md §3)."""
 
     def __init__(self, pooler_size: int, sampling_ratio: int = 0):
         super().__init__()

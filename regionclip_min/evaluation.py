@@ -3,7 +3,7 @@
 - `gt_box_accuracy`: region recognition with ground-truth boxes. Each annotated box goes through the region path
   (res4 map -> RoIAlign -> layer4 -> attention pool) of a CLIP or RegionCLIP visual encoder, and is classified as the
   class whose text embedding has the highest cosine. Top-1 accuracy over all, base and novel categories. Images may
-  be enlarged by `scale` before pooling (DESIGN.md §5.1: a 128-px toy CLIP needs 2-3x, as the paper's 224-px CLIP
+  be enlarged by `scale` before pooling (docs/DESIGN.md §5.1: a 128-px toy CLIP needs 2-3x, as the paper's 224-px CLIP
   meets objects in 800-px detection images).
 - `whole_image_accuracy`: image-level recognition of object-centric images (one object): `encode_image` at the
   size CLIP learned at, classified against the class names. Together with the GT-box accuracy on scenes this is the
@@ -56,7 +56,7 @@ def region_embeddings(region_encoder, images: list[torch.Tensor], boxes: list[to
     Args:
         region_encoder: a `RegionEncoder` (its mode is left as it is).
         images: B tensors (3, H_i, W_i) float RGB in [0, 1]. boxes: B tensors (N_i, 4) xyxy pixels of those images.
-        scale: enlargement of images and boxes before pooling (DESIGN.md §5.1).
+        scale: enlargement of images and boxes before pooling (docs/DESIGN.md §5.1).
     Returns:
         B tensors (N_i, D) on `device`.
     """

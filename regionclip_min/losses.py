@@ -1,6 +1,6 @@
 """RegionCLIP's training losses (paper Sec. 3.2, Eq. 1-3) and the detector's focal-scaled cross-entropy (Sec. 3.3).
 
-All embeddings are L2-normalised here, at use; logits are cosine / tau with tau = 0.01 by default (DESIGN.md §3).
+All embeddings are L2-normalised here, at use; logits are cosine / tau with tau = 0.01 by default (docs/DESIGN.md §3).
 Each function returns a scalar tensor. The total pretraining loss is the visible weighted sum in train_pretrain.py:
 
     L = w_rc * L_region_contrastive + w_dist * L_distill + w_img * L_image_contrastive      (paper: all w = 1)

@@ -1,7 +1,7 @@
 """Pseudo region-text pairs from a frozen image-level CLIP teacher (paper Sec. 3.2, "Pseudo labels for regions").
 
 The teacher (the image-level CLIP, frozen) encodes each proposal through the same RoIAlign -> layer4 -> attention
-pool path as the student (DESIGN.md §1). Each region is matched against the whole concept pool:
+pool path as the student (docs/DESIGN.md §1). Each region is matched against the whole concept pool:
 
     q_ic = softmax_c( cos(t_i, l_c) / tau )            teacher's distribution over all C concepts
     y_i  = argmax_c q_ic                                 the region's pseudo concept (hard label)

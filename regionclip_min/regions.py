@@ -234,7 +234,7 @@ def check_boxes(boxes_list: list[torch.Tensor], batch_size: int) -> None:
     """Raise ValueError unless boxes_list holds `batch_size` finite float (R_i, 4) tensors.
 
     torchvision's roi_align on CPU does not check the number of box lists against the batch: one list too
-    many reads (forward) and writes (backward) past the feature map (DESIGN.md Sec. 3). So we check first.
+    many reads (forward) and writes (backward) past the feature map (docs/DESIGN.md §3). So we check first.
     """
     if not isinstance(boxes_list, (list, tuple)):
         raise ValueError(f"boxes_list must be a list of (R_i, 4) tensors, got {type(boxes_list).__name__}")

@@ -37,7 +37,7 @@ from regionclip_min.toyworld import SHAPES
 DATA = Path("data/toy")
 RUNS = Path("runs/toy-bench")
 RESULTS = Path("results/toy")
-WORLD = dict(seed=0, num_train=8000, num_val=500)  # DESIGN.md §5.1 world C size
+WORLD = dict(seed=0, num_train=8000, num_val=500)  # docs/DESIGN.md §5.1 world C size
 BUDGET = dict(stage0_steps=2500, rpn_steps=600, regionclip_steps=300, detector_steps=300)
 SEEDS = (0, 1, 2)
 AMP = "none"  # float32: bf16 autocast made stage 0 1.3x faster here but it then learned no novel shape (README)

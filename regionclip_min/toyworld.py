@@ -1,9 +1,9 @@
 """A procedural toy world in which every stage of RegionCLIP can be run and measured on a CPU.
 
-Why it exists (DESIGN.md §5): no pretrained CLIP and no real dataset can be downloaded where this project is built,
-so stage 0 trains a tiny CLIP on this world's captions and RegionCLIP (paper Sec. 3) is then run on top of it.
+Why it exists (docs/DESIGN.md §5): no pretrained CLIP and no real dataset can be downloaded where this project is
+built, so stage 0 trains a tiny CLIP on this world's captions and RegionCLIP (paper Sec. 3) is then run on top of it.
 
-What the world holds, mirroring web image-caption corpora and detection data (DESIGN.md §5.1 "world C", with the
+What the world holds, mirroring web image-caption corpora and detection data (docs/DESIGN.md §5.1 "world C", with the
 changes of README "The toy world": half the images object-centric, colour named less often, larger scene objects):
   - 12 shape categories in 6 colours on textured / noisy backgrounds, with unannotated clutter (thin lines, dots);
   - object-centric images (50%): one large object, 60-110 px at 128 px (about half the frame or more);
@@ -47,7 +47,7 @@ FILLER_NOUNS = ("photo", "picture", "image", "drawing", "background")  # nouns o
 # ---- world statistics (pixels at 128 px; scaled with image_size) -----------------------------------------
 @dataclass(frozen=True)
 class WorldStats:
-    """What the world's images and captions look like. The defaults are this project's world: DESIGN.md §5.1's
+    """What the world's images and captions look like. The defaults are this project's world: docs/DESIGN.md §5.1's
     world C with three settings changed after a stage 0 of world C failed on other seeds (README "The toy world":
     with 35% object-centric images and colour in 30% of mentions a seed-2 stage 0 reached 40% whole-image top-1,
     seed 0 98%; with 26-56 px scene objects its regions were named right 16-34% of the time). `WORLD_C` is the
@@ -436,7 +436,7 @@ def parse_stats(text: str) -> WorldStats:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description="Generate the regionclip-min toy world (DESIGN.md §5): PNG images, "
+    p = argparse.ArgumentParser(description="Generate the regionclip-min toy world (docs/DESIGN.md §5): PNG images, "
                                             "COCO captions and COCO instances files with a base/novel split.")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--seed", type=int, default=0, help="world seed; same seed -> byte-identical files (default 0)")
@@ -445,9 +445,9 @@ def main(argv=None) -> dict:
     p.add_argument("--image-size", type=int, default=128, help="image side in pixels (default 128)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes rendering images (default: one per core; the files do not depend on it)")
-    p.add_argument("--stats", default="", help="change the world's statistics (WorldStats): 'world-c' for DESIGN.md's "
-                   "world C, or key=value pairs, e.g. 'object_centric_fraction=0.35,scene_size=26:56' (default: this "
-                   "project's world)")
+    p.add_argument("--stats", default="", help="change the world's statistics (WorldStats): 'world-c' for "
+                   "docs/DESIGN.md's world C, or key=value pairs, e.g. "
+                   "'object_centric_fraction=0.35,scene_size=26:56' (default: this project's world)")
     args = p.parse_args(argv)
     try:
         stats = parse_stats(args.stats)

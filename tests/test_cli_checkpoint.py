@@ -1,4 +1,4 @@
-"""Config parsing (STYLE.md 5) and checkpoints (atomic, safe loading, RNG round trip)."""
+"""Config parsing (docs/DESIGN.md §6) and checkpoints (atomic, safe loading, RNG round trip)."""
 import dataclasses
 import os
 import pickle

@@ -20,7 +20,7 @@ def test_worlds_table_from_tiny_runs(tmp_path):
     assert [(r["world"], r["seed"], r["steps"]) for r in out["rows"]] == rows
     assert all(0 <= r["gt_box_top1"]["all"] <= 100 and len(r["gt_box_right_per_category"]) >= 1 for r in out["rows"])
     md = (tmp_path / "res" / "stage0-worlds.md").read_text()
-    assert md.count("| world C (DESIGN.md §5.1) | 0 | 2 |") == 1 and "this project's world" in md
+    assert md.count("| world C (docs/DESIGN.md §5.1) | 0 | 2 |") == 1 and "this project's world" in md
     assert "met |" in md  # each row says whether the targets are met
 
 

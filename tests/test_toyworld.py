@@ -1,4 +1,5 @@
-"""The toy world (DESIGN.md §5): determinism, COCO validity, the base/novel split, what captions and boxes hold."""
+"""The toy world (docs/DESIGN.md §5): determinism, COCO validity, the base/novel split, what captions and boxes
+hold."""
 import hashlib
 import json
 from pathlib import Path

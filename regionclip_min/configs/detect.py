@@ -32,7 +32,8 @@ class DetectConfig:
                                 "field; 'coco-ovd': OVR-CNN's 48 base / 17 novel COCO names"})
     drop_empty: bool = field(default=False, metadata={"help": "leave out training images without a base box"})
     min_sizes: str = field(default="256", metadata={"help": "training short sides, comma-separated (one drawn per "
-                           "step); the last is the test size (torchvision's rule). Toy: 256 = 2x (DESIGN §5.1)"})
+                           "step); the last is the test size (torchvision's rule). Toy: 256 = 2x (docs/DESIGN.md "
+                           "§5.1)"})
     max_size: int = field(default=256, metadata={"help": "longest side after resizing"})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flips in training"})
     num_workers: int = 1

@@ -21,7 +21,7 @@ class PretrainConfig:
     max_size: int | None = field(default=None, metadata={"help": "None: square centre crops; a value: the aspect kept, "
                                  "the long side at most this, batches zero-padded (the official 800 / 1333)"})
     region_scale: float = field(default=2.0, metadata={"help": "images are enlarged by this before region pooling "
-                                "(DESIGN §5.1: a 128-px CLIP needs 2-3x; the paper pools from 800-px images)"})
+                                "(docs/DESIGN.md §5.1: a 128-px CLIP needs 2-3x; the paper pools from 800-px images)"})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flips"})
     num_workers: int = field(default=1, metadata={"help": "DataLoader worker processes"})
     cache_images: bool = field(default=False, metadata={"help": "keep decoded images in memory after their first "

@@ -33,7 +33,7 @@ class EvalConfig:
                              "'windows' (multi-scale sliding windows, no training needed), 'auto' (rpn if the "
                              "checkpoint exists, else windows). A detector --checkpoint uses its own RPN"})
     scale: float = field(default=2.0, metadata={"help": "enlarge images by this before pooling regions "
-                         "(DESIGN §5.1: 2 for the 128-px toy CLIP; 1 for real detection images)"})
+                         "(docs/DESIGN.md §5.1: 2 for the 128-px toy CLIP; 1 for real detection images)"})
     region_encoder: str = field(default="pooled", metadata={"help": "'pooled' (the paper: RoIAlign on res4, res5, "
                                 "attention pool) or 'crop' (ViLD-style: each box cut out and encoded as a whole "
                                 "image; regions.CropEncoder)"})
