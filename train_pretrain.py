@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torchvision.ops import boxes as box_ops
 from tqdm import tqdm
 
 from regionclip_min import checkpoint as ckpt
@@ -113,8 +114,7 @@ def make_proposals(cfg, images, batch, proposals_table, rpn, g) -> list[torch.Te
 
 def _inside(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(N, 4) xyxy clipped to an h x w image; boxes left without area are dropped."""
-    boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w),
-                         boxes[:, 3].clamp(0, h)], dim=1)
+    boxes = box_ops.clip_boxes_to_image(boxes, (h, w))
     return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
 
 

@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from regionclip_min.data import CLIP_MEAN, CLIP_STD, DetectionDataset, collate_detection
 from regionclip_min.detector import propose
+from regionclip_min.postprocess import select_detections
 from regionclip_min.runtime import poll_threads
 
 
@@ -212,12 +213,13 @@ def region_detections(records: list[dict], class_emb: torch.Tensor, category_ids
         prob[:, ~scored] = 0
         box_i, cls_i = torch.nonzero(prob > score_thresh, as_tuple=True)  # candidate (box, class) pairs
         boxes, scores = r["boxes"][box_i], prob[box_i, cls_i]  # (M, 4), (M,)
-        if nms_thresh is not None:
-            keep = batched_nms(boxes, scores, cls_i, nms_thresh)  # sorted by decreasing score
+        if nms_thresh is not None:  # per-class NMS, then the best max_dets, as the detector's hard-NMS test
+            boxes, scores, cls_i = select_detections(boxes, scores, cls_i, score_thresh=score_thresh, nms="hard",
+                                                     nms_thresh=nms_thresh, max_out=max_dets)
         else:
-            keep = scores.argsort(descending=True)
-        keep = keep[:max_dets]
-        for (x1, y1, x2, y2), c, s in zip(boxes[keep].tolist(), ids[cls_i[keep]].tolist(), scores[keep].tolist()):
+            keep = scores.argsort(descending=True)[:max_dets]
+            boxes, scores, cls_i = boxes[keep], scores[keep], cls_i[keep]
+        for (x1, y1, x2, y2), c, s in zip(boxes.tolist(), ids[cls_i].tolist(), scores.tolist()):
             results.append({"image_id": r["image_id"], "category_id": c, "bbox": [x1, y1, x2 - x1, y2 - y1],
                             "score": s})
     return results
