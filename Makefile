@@ -21,28 +21,29 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)  ## create .venv and install requirements.txt
 
-BENCH := $(PY) -m regionclip_min.toy_benchmark $(if $(FORCE),--force)
+# runs write their tables to runs/toy-bench/results (untracked); RESULTS=results/toy refreshes the committed reference
+BENCH := $(PY) -m benchmarks.toy.benchmark $(if $(FORCE),--force) $(if $(RESULTS),--results $(RESULTS))
 
-toy: $(STAMP)  ## the whole toy pipeline, one seed: results/toy/summary.md (FORCE=1 redoes finished steps)
+toy: $(STAMP)  ## the whole toy pipeline, one seed: runs/toy-bench/results/summary.md (FORCE=1 redoes finished steps)
 	$(BENCH) run
 
-toy-seeds: $(STAMP)  ## RegionCLIP + transfer for seeds 0, 1, 2: mean +- std in results/toy/summary.md (ROW=<ablation>: that row)
+toy-seeds: $(STAMP)  ## RegionCLIP + transfer for seeds 0, 1, 2: mean +- std in summary.md (ROW=<ablation>: that row)
 	$(BENCH) seeds $(if $(ROW),--row $(ROW))
 
-toy-ablations: $(STAMP)  ## the paper's ablations on the toy world: results/toy/ablations.md
+toy-ablations: $(STAMP)  ## the paper's ablations on the toy world: ablations.md
 	$(BENCH) ablations
 
-toy-worlds: $(STAMP)  ## stage 0 on world C, the variants that led to this world, and 4 seeds: results/toy/stage0-worlds.md
-	$(PY) -m regionclip_min.toy_worlds $(if $(FORCE),--force)
+toy-worlds: $(STAMP)  ## stage 0 on world C, the variants that led to this world, and 4 seeds: stage0-worlds.md
+	$(PY) -m benchmarks.toy.worlds $(if $(FORCE),--force) $(if $(RESULTS),--results $(RESULTS))
 
 toy-world: $(STAMP)  ## only generate the toy world (data/toy)
 	$(PY) -m regionclip_min.toyworld --out $(DATA) --seed $(SEED) --num-train $(TOY_NUM_TRAIN) --num-val $(TOY_NUM_VAL)
 
-bench: $(STAMP)  ## speed and memory against their bounds: results/bench.md / .json (CPU; DEVICE=cuda on a GPU)
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py --device $(or $(DEVICE),cpu)
+bench: $(STAMP)  ## speed and memory against their bounds: runs/bench/results/bench.md (CPU; DEVICE=cuda on a GPU)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py --device $(or $(DEVICE),cpu) $(if $(RESULTS),--out $(RESULTS))
 
 test: $(STAMP)  ## run the test suite (CPU, offline)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-clean:  ## remove generated data and run outputs (keeps .venv and the committed results/toy tables and pictures)
-	rm -rf data runs results/demo results/zeroshot results/toy/logs results/toy/zeroshot results/toy/worlds results/toy/timings.json
+clean:  ## remove generated data and run outputs (keeps .venv and the committed results/)
+	rm -rf data runs results/demo results/zeroshot

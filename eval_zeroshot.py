@@ -5,11 +5,12 @@
     python eval_zeroshot.py --checkpoint runs/toy/final.pt --boxes rpn           # RPN proposals: AP50
     python eval_zeroshot.py --checkpoint runs/toy/final.pt --image data/toy/images/val_000003.png \
         --vocabulary "circle,star,heart,red square"                              # demo: table + PNG
-    python eval_zeroshot.py --model_name RN50 --pretrained openai --scale 1 \
+    python eval_zeroshot.py --model_name RN50 --pretrained openai --region_scale 1 \
         --instances data/coco/annotations/instances_val2017.json                 # OpenAI's CLIP on COCO
 
 Every box goes through the region path of the model (res4 map -> RoIAlign -> layer4 -> attention pool; images
-enlarged by --scale first, docs/DESIGN.md §5.1) and is compared by cosine with the vocabulary's prompt-ensembled text
+enlarged by --region_scale first, docs/DESIGN.md §5.1) and is compared by cosine with the vocabulary's
+prompt-ensembled text
 embeddings. The same protocol runs for every model: a stage-0 CLIP or RegionCLIP checkpoint of train_pretrain.py, a
 detector checkpoint of train_detect.py (its backbone + box head are the region path, its text encoder is that of
 the checkpoint it was initialised from), or an open_clip model name with a tag or a local weights file.
@@ -19,7 +20,7 @@ the checkpoint it was initialised from), or an open_clip model name with a tag o
   probability softmax(cos / tau). Also whole-image top-1 of the object-centric images (`encode_image`), the
   image-level side of Fig. 1(b), and how each category's boxes were named (the 5 most frequent vocabulary names:
   a confusion table by rows, `gt_box_named_as` in the json).
---boxes rpn: zero-shot detection: the --top_k proposals of a class-agnostic RPN (train_detect.py --preset toy-rpn)
+--boxes rpn: zero-shot detection: the --rpn_top_k proposals of a class-agnostic RPN (train_detect.py --preset toy-rpn)
   per image, each scored for every class by its probability times the RPN's objectness ** --objectness_power (a
   softmax over the vocabulary has no background, so without objectness a background box scores as high as an
   object); no box regression; NMS per class; the best 100 per image: AP50 / AP (novel / base / all), as
@@ -30,7 +31,7 @@ name per line. Extra names compete as distractors; every dataset category must b
 from __future__ import annotations
 
 from regionclip_min.cli import answer_usage
-from regionclip_min.configs.zeroshot import EvalConfig
+from regionclip_min.configs.zeroshot import EvalConfig, check_config, resolve_kinds
 
 if __name__ == "__main__":  # --help and option mistakes answered before the heavy imports below
     answer_usage(EvalConfig, None, __doc__)
@@ -39,27 +40,23 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import UnidentifiedImageError
-from torchvision.transforms.functional import to_tensor
 
 from regionclip_min import official
-from regionclip_min.checkpoint import claim_result, file_digest, load_checkpoint, save_checkpoint, write_json
+from regionclip_min.checkpoint import claim_result, file_digest, load_checkpoint, write_json
 from regionclip_min.cli import format_config, parse_config, run_main
-from regionclip_min.clip_model import (SINGLE_TEMPLATE, TEMPLATES, encode_texts, guess_model_name,
-                                      load_clip)
+from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, encode_texts, guess_model_name, load_clip
 from regionclip_min.concepts import read_names
-from regionclip_min.data import DetectionDataset, open_rgb
-from regionclip_min.demo import zero_shot_detections
-from regionclip_min.detector import (load_detector, load_official_visual, load_rpn, set_vocabulary,
-                                     visual_state_from_detector)
+from regionclip_min.data import DetectionDataset
+from regionclip_min.demo import detector_detections, read_image, zero_shot_detections
+from regionclip_min.detector import load_detector, load_official_visual, visual_state_from_detector
 from regionclip_min.drawing import draw_detections
-from regionclip_min.evaluation import (encode_regions, named_as, ovd_ap, region_detections,
-                                       top1_accuracy, vocabulary_index, whole_image_accuracy)
+from regionclip_min.evaluation import (encode_regions, named_as, print_named_as, region_detections,
+                                       save_region_features, top1_accuracy, vocabulary_index, whole_image_accuracy)
 from regionclip_min.regions import region_encoder
+from regionclip_min.rpn import load_rpn
+from regionclip_min.scoring import ovd_ap
 from regionclip_min.steps import resolve_device
 
-MAX_NAMED_AS_LINES = 20  # categories printed in the GT-box confusion list (LVIS has 1,203)
-FEATURE_KEYS = ("boxes", "embeddings", "image_ids", "category_ids", "objectness", "box_source", "model", "scale")
 
 
 def load_model(cfg, device, state: dict | None = None):
@@ -115,20 +112,6 @@ def load_official(cfg, state: dict, layout: str, device):
     return model.to(device), tok, desc, parts.test_embeddings
 
 
-def resolve_kinds(cfg, dataset: DetectionDataset) -> tuple[str, tuple[str, ...] | None]:
-    """(--kinds as resolved, the tuple of kinds to keep or None for all). 'auto': the toy world's scenes for GT
-    boxes when the json marks image kinds (its object-centric images have one large box each), else every image.
-    SystemExit when no image is left."""
-    marked = any(k is not None for k in dataset.kinds)
-    kinds = ("scene" if cfg.boxes == "gt" and marked else "all") if cfg.kinds == "auto" else cfg.kinds
-    kinds_t = None if kinds == "all" else tuple(k.strip() for k in kinds.split(","))
-    if kinds_t is not None and not any(k in kinds_t for k in dataset.kinds):
-        found = sorted({str(k) for k in dataset.kinds})
-        raise SystemExit(f"{cfg.instances}: no image has a 'kind' in {list(kinds_t)} (the images' kinds: {found}); "
-                         f"pass --kinds all, or --kinds with some of those")
-    return kinds, kinds_t
-
-
 def class_embeddings(cfg, names: list[str], model, tokenizer, own: torch.Tensor | None) -> torch.Tensor:
     """(V, D) normalised embeddings of the vocabulary `names`: from --class_embeddings, from the model's own (an
     official detector's test_cls_score, whose rows `names` must name in order), or encoded with the templates."""
@@ -168,49 +151,19 @@ def run_inputs(cfg) -> dict:
     return inputs
 
 
-def save_features(path, records: list[dict], category_ids: list[int], box_source: str, desc: str,
-                  scale: float) -> None:
-    """Region features as plain tensors and strings (loadable with torch.load(weights_only=True)):
-    boxes (N, 4) float32 xyxy json pixels; embeddings (N, D) float32, L2-normalised; image_ids (N,) int64;
-    category_ids (N,) int64 (the GT box's category, -1 for proposals); objectness (N,) float32 (1 for GT);
-    box_source "gt" | "rpn" | "image"; model (description); scale (pooling enlargement)."""
-    ids = torch.tensor(list(category_ids) + [-1], dtype=torch.int64)  # label -1 -> the last entry, -1
-    cat = (lambda key: torch.cat([r[key] for r in records])) if records else None
-    state = {"boxes": cat("boxes").float() if records else torch.zeros(0, 4),
-             "embeddings": cat("embeddings").float() if records else torch.zeros(0, 0),
-             "image_ids": torch.cat([torch.full((len(r["boxes"]),), r["image_id"], dtype=torch.int64)
-                                     for r in records]) if records else torch.zeros(0, dtype=torch.int64),
-             "category_ids": ids[cat("labels")] if records else torch.zeros(0, dtype=torch.int64),
-             "objectness": cat("objectness").float() if records else torch.zeros(0),
-             "box_source": box_source, "model": desc, "scale": float(scale)}
-    save_checkpoint(path, state)
-    print(f"region features of {len(state['boxes'])} boxes written to {path} (keys: {', '.join(FEATURE_KEYS)})")
-
-
-def read_image(path) -> torch.Tensor:
-    """--image as (3, H, W) float RGB in [0, 1], EXIF orientation applied; SystemExit in one line if unreadable."""
-    try:
-        image = to_tensor(open_rgb(path))  # (3, H, W)
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-        raise SystemExit(f"--image {path}: cannot read it as an image ({type(e).__name__}: {e})") from None
-    if min(image.shape[-2:]) < 16:
-        raise SystemExit(f"--image {path}: {tuple(image.shape[-2:])} pixels is too small (at least 16 x 16)")
-    return image
-
-
 def run_demo(cfg, image, model, class_emb, names, desc, device, detector=None) -> dict:
     """Detection of `names` in `image` (3, H, W), read from --image; table + PNG. Zero-shot (the region path):
     proposals from the RPN or sliding windows, classified and NMS'd. With `detector` (a trained one): it runs as it
     was trained, its own RPN, box regression and background class, with `names` as its vocabulary."""
     path = Path(cfg.image)
     if detector is not None:
-        dets, source, record = detector_demo(detector, class_emb, image, device), "the detector's own RPN", None
+        dets, source, record = detector_detections(detector, class_emb, image, device), "the detector's own RPN", None
     else:  # the RPN's proposals, or sliding windows when there is no trained RPN (--image_boxes)
         use_rpn = cfg.image_boxes == "rpn" or cfg.image_boxes == "auto" and Path(cfg.rpn_checkpoint).is_file()
         encoder = region_encoder(cfg.region_encoder, model.visual, crop_context=cfg.crop_context)
         dets, record, source = zero_shot_detections(
             model.visual, image, class_emb, rpn=load_rpn(cfg.rpn_checkpoint, device=device) if use_rpn else None,
-            top_k=cfg.top_k, scale=cfg.scale, tau=cfg.tau, nms_thresh=cfg.nms_thresh,
+            top_k=cfg.rpn_top_k, scale=cfg.region_scale, tau=cfg.tau, nms_thresh=cfg.nms_thresh,
             objectness_power=cfg.objectness_power, encoder=encoder, device=device)
     shown = [d for d in dets if d["score"] >= cfg.score_thresh][:cfg.max_boxes]
     print(f"\n{'detection' if detector is not None else 'zero-shot detection'} in {path} ({image.shape[-1]} x "
@@ -231,56 +184,9 @@ def run_demo(cfg, image, model, class_emb, names, desc, device, detector=None) -
                     max_boxes=len(shown), scale=cfg.draw_scale)
     print(f"drawn to {out_png}")
     if cfg.save_region_features and record is not None:
-        save_features(cfg.save_region_features, [record], [], "image", desc, cfg.scale)
+        save_region_features(cfg.save_region_features, [record], [], "image", desc, cfg.region_scale)
     return {"image": str(path), "detections": [{**d, "name": names[d["category_id"]]} for d in shown],
             "png": str(out_png)}
-
-
-@torch.no_grad()
-def detector_demo(detector, class_emb: torch.Tensor, image: torch.Tensor, device) -> list[dict]:
-    """A trained detector on one image with `class_emb` (V, D) as its vocabulary: detections as region_detections
-    gives them (bbox xywh pixels of the image, score, category_id = the vocabulary row), best first."""
-    set_vocabulary(detector, class_emb.to(device))
-    out = detector.eval()([image.to(device)])[0]
-    dets = [{"image_id": 0, "category_id": label - 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
-            for (x1, y1, x2, y2), label, score in zip(out["boxes"].cpu().tolist(), out["labels"].tolist(),
-                                                     out["scores"].tolist())]
-    return sorted(dets, key=lambda d: -d["score"])
-
-
-def print_named_as(table: dict, dataset: DetectionDataset, most: int = MAX_NAMED_AS_LINES) -> None:
-    """Prints how each category's GT boxes were named (novel categories first), at most `most` categories."""
-    split = dict(zip(dataset.category_names, dataset.category_splits))
-    cats = sorted(table, key=lambda c: split.get(c) != "novel")  # stable: dataset order within novel / the rest
-    print(f"\nGT boxes named as (the {min(most, len(cats))} of {len(cats)} categories listed here, novel first and "
-          f"marked *; all in the json's gt_box_named_as):")
-    for c in cats[:most]:
-        row = table[c]
-        names = ", ".join(f"{n} {k}" for n, k in row["named_as"].items())
-        print(f"  {c}{'*' if split.get(c) == 'novel' else ''} ({row['boxes']} boxes): {names}")
-
-
-def check_config(cfg) -> None:
-    problems = []
-    if cfg.boxes not in ("gt", "rpn"):
-        problems.append(f"--boxes must be gt or rpn, got {cfg.boxes!r}")
-    if cfg.region_encoder not in ("pooled", "crop") or cfg.crop_context <= 0:
-        problems.append(f"--region_encoder must be pooled or crop and --crop_context positive, got "
-                        f"{cfg.region_encoder!r} and {cfg.crop_context}")
-    if cfg.templates not in ("ensemble", "single"):
-        problems.append(f"--templates must be ensemble or single, got {cfg.templates!r}")
-    if cfg.scale <= 0 or cfg.tau <= 0 or min(cfg.top_k, cfg.batch_size, cfg.max_boxes, cfg.draw_scale) < 1:
-        problems.append("--scale, --tau, --top_k, --batch_size, --max_boxes and --draw_scale must be positive")
-    if cfg.image_boxes not in ("auto", "rpn", "windows"):
-        problems.append(f"--image_boxes must be auto, rpn or windows, got {cfg.image_boxes!r}")
-    if (cfg.boxes == "rpn" and cfg.image is None or cfg.image and cfg.image_boxes == "rpn") and not Path(
-            cfg.rpn_checkpoint).is_file():
-        problems.append(f"--rpn_checkpoint {cfg.rpn_checkpoint} does not exist (train one: python train_detect.py "
-                        f"--preset toy-rpn)")
-    if cfg.image is None and not Path(cfg.instances).is_file():
-        problems.append(f"--instances {cfg.instances} does not exist (make toy generates data/toy)")
-    if problems:
-        raise SystemExit("bad configuration:\n  " + "\n  ".join(problems))
 
 
 def main(argv=None) -> dict:
@@ -326,8 +232,9 @@ def main(argv=None) -> dict:
     class_emb = class_embeddings(cfg, names, model, tokenizer, own)  # (V, D)
     rpn = load_rpn(cfg.rpn_checkpoint, device=device) if cfg.boxes == "rpn" else None
     encoder = region_encoder(cfg.region_encoder, model.visual, crop_context=cfg.crop_context)
-    records = encode_regions(encoder, dataset, rpn=rpn, top_k=cfg.top_k, scale=cfg.scale,
-                             batch_size=cfg.batch_size, kinds=kinds_t, max_images=cfg.max_images, progress=True,
+    records = encode_regions(encoder, dataset, rpn=rpn, top_k=cfg.rpn_top_k, scale=cfg.region_scale,
+                             batch_size=cfg.eval_batch_size, kinds=kinds_t, max_images=cfg.eval_max_images,
+                             progress=True,
                              device=device)
     if not records:
         raise SystemExit(f"{cfg.instances}: no image of kind {kinds!r} to evaluate (see --kinds)")
@@ -335,7 +242,8 @@ def main(argv=None) -> dict:
     print(f"scoring the regions of {len(records)} images (COCOeval{', whole images' if cfg.boxes == 'gt' else ''}) ...")
     novel = [c for c, s in zip(dataset.category_ids, dataset.category_splits) if s == "novel"]
     base = [c for c in dataset.category_ids if c not in set(novel)]
-    results = {"model": desc, "instances": cfg.instances, "boxes": cfg.boxes, "kinds": kinds, "scale": cfg.scale,
+    results = {"model": desc, "instances": cfg.instances, "boxes": cfg.boxes, "kinds": kinds,
+               "region_scale": cfg.region_scale,
                "region_encoder": cfg.region_encoder + (f" (context {cfg.crop_context})" if cfg.region_encoder == "crop"
                                                        else ""),
                "vocabulary": names if vocab else "dataset categories", "templates": cfg.templates, "tau": cfg.tau,
@@ -346,19 +254,19 @@ def main(argv=None) -> dict:
         results["gt_box_top1"] = top1_accuracy(records, class_emb, dataset.category_splits, rows)
         results["gt_box_ap50"] = ap["ap50"]
         results["gt_box_named_as"] = named_as(records, class_emb, names, dataset.category_names)
-        results["whole_image_top1"] = whole_image_accuracy(model, dataset, class_emb, batch_size=cfg.batch_size,
+        results["whole_image_top1"] = whole_image_accuracy(model, dataset, class_emb, batch_size=cfg.eval_batch_size,
                                                            vocab_index=rows, device=device)
     else:
         dets = region_detections(records, class_emb, cat_of_row, tau=cfg.tau, nms_thresh=cfg.nms_thresh,
                                  objectness_power=cfg.objectness_power)
         ap = ovd_ap(dataset.coco_json_path, dets, novel_ids=novel, base_ids=base, image_ids=image_ids)
-        results.update(rpn_checkpoint=cfg.rpn_checkpoint, top_k=cfg.top_k, nms_thresh=cfg.nms_thresh,
+        results.update(rpn_checkpoint=cfg.rpn_checkpoint, rpn_top_k=cfg.rpn_top_k, nms_thresh=cfg.nms_thresh,
                        objectness_power=cfg.objectness_power, rpn_ap50=ap["ap50"], rpn_ap=ap["ap"])
     results["per_category_ap50"] = {n: v["ap50"] for n, v in ap["per_category"].items()}
     results["seconds"] = round(time.time() - t0, 1)
 
     print(f"\nzero-shot {'recognition with ground-truth boxes' if cfg.boxes == 'gt' else 'detection, RPN boxes'}, "
-          f"{desc}, {len(records)} images of kind {kinds!r}, regions pooled at {cfg.scale:g}x")
+          f"{desc}, {len(records)} images of kind {kinds!r}, regions pooled at {cfg.region_scale:g}x")
     if cfg.boxes == "gt":
         acc, a50, whole = results["gt_box_top1"], results["gt_box_ap50"], results["whole_image_top1"]
         print("| GT-box top-1 all | base | novel | boxes | AP50 novel | base | all | whole-image top-1 | images |")
@@ -371,11 +279,11 @@ def main(argv=None) -> dict:
         a50, a = results["rpn_ap50"], results["rpn_ap"]
         print("| RPN AP50 novel | base | all | AP all | proposals / image | images |\n|---|---|---|---|---|---|")
         print(f"| {_pct(a50['novel'])} | {_pct(a50['base'])} | {_pct(a50['all'])} | {_pct(a['all'])} | "
-              f"{cfg.top_k} | {len(records)} |")
+              f"{cfg.rpn_top_k} | {len(records)} |")
     write_json(out, {**results, "inputs": inputs})
     print(f"results written to {out} ({results['seconds']} s)")
     if cfg.save_region_features:
-        save_features(cfg.save_region_features, records, dataset.category_ids, cfg.boxes, desc, cfg.scale)
+        save_region_features(cfg.save_region_features, records, dataset.category_ids, cfg.boxes, desc, cfg.region_scale)
     return results
 
 

@@ -12,7 +12,7 @@ on base-category boxes only; at the end the vocabulary is swapped to every categ
 and scored with AP50 novel / base / all and COCO AP (results.json), a few val images drawn to predictions/*.png.
 --task rpn: a class-agnostic ProposalNetwork on the base boxes; scored by proposal recall@100 on base and novel val
 boxes. Its checkpoint is the detector's offline RPN and the source of RPN proposals for train_pretrain.py
-(detector.load_rpn / detector.propose).
+(rpn.load_rpn / rpn.propose).
 
 Everything random in a step (data order, flips, torchvision's anchor and RoI sampling, the random training size) is a
 function of (seed, step): the global RNG is reseeded from the step's generator, so --resume ends with the same weights.
@@ -20,99 +20,29 @@ function of (seed, step): the global RNG is reseeded from the step's generator, 
 from __future__ import annotations
 
 from regionclip_min.cli import answer_usage
-from regionclip_min.configs.detect import COCO_OVD_BASE, COCO_OVD_NOVEL, PRESETS, DetectConfig
+from regionclip_min.configs.detect import (COCO_OVD_BASE, COCO_OVD_NOVEL, PRESETS, DetectConfig, check_config,
+                                           coco_ovd_names, detector_kwargs, novel_base_ids, rpn_kwargs)
 
 if __name__ == "__main__":  # --help and option mistakes answered before the heavy imports below
     answer_usage(DetectConfig, PRESETS, __doc__)
 
-import json
-import math
 import sys
-import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from regionclip_min import checkpoint as ckpt
-from regionclip_min import official
-from regionclip_min.cli import (config_to_dict, flags, format_config, parse_config, preset_of, run_main,
-                                weights_choice)
+from regionclip_min import engine, official
+from regionclip_min.cli import config_to_dict, flags, format_config, parse_config, preset_of, run_main, weights_choice
 from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, encode_texts, load_clip
 from regionclip_min.concepts import read_names
-from regionclip_min.data import DetectionDataset, collate_detection, hflip
-from regionclip_min.detector import (ProposalNetwork, build_detector, detector_from_official, load_detector,
-                                     load_rpn, propose, set_vocabulary)
-from regionclip_min.drawing import draw_detections
-from regionclip_min.evaluation import detect, ovd_ap, proposal_recall
-from regionclip_min.runtime import poll_threads
-from regionclip_min.steps import (StepSampler, build_optimizer, clip_gradients, make_scheduler, parameter_groups,
-                                  resolve_device, step_generator)
-
-
-
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(","))
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(","))
-
-
-def _image_root(json_path: str, root: str | None) -> str | None:
-    if root is None and (Path(json_path).parent / "images").is_dir():
-        return str(Path(json_path).parent / "images")  # the toy world's layout
-    return root
-
-
-# ---- config -> keyword arguments, in one place (docs/DESIGN.md §2) ------------------------------------------
-def rpn_kwargs(cfg) -> dict:
-    return dict(min_size=list(_ints(cfg.min_sizes)), max_size=cfg.max_size, anchor_sizes=list(_ints(cfg.anchor_sizes)),
-                aspect_ratios=list(_floats(cfg.aspect_ratios)), pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
-                pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-                post_nms_top_n_test=cfg.rpn_post_nms_top_n_test, nms_thresh=cfg.rpn_nms_thresh,
-                batch_size_per_image=cfg.rpn_batch_size_per_image)
-
-
-def detector_kwargs(cfg) -> dict:
-    r = rpn_kwargs(cfg)
-    return dict(min_size=r["min_size"], max_size=cfg.max_size, anchor_sizes=r["anchor_sizes"],
-                aspect_ratios=r["aspect_ratios"], rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
-                rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
-                rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-                rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test, rpn_nms_thresh=cfg.rpn_nms_thresh,
-                rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
-                box_batch_size_per_image=cfg.box_batch_size_per_image, box_positive_fraction=cfg.box_positive_fraction,
-                box_score_thresh=cfg.box_score_thresh, box_nms=cfg.box_nms, box_nms_thresh=cfg.box_nms_thresh,
-                detections_per_img=cfg.detections_per_img, tau=cfg.tau, focal_gamma=cfg.focal_gamma,
-                background_weight=cfg.background_weight, sampling_ratio=cfg.roi_sampling_ratio)
-
-
-def check_config(cfg) -> None:
-    problems = []
-    if cfg.task not in ("detector", "rpn"):
-        problems.append(f"--task must be detector or rpn, got {cfg.task!r}")
-    if cfg.category_split not in ("json", "coco-ovd"):
-        problems.append(f"--category_split must be json or coco-ovd, got {cfg.category_split!r}")
-    if cfg.rpn not in ("joint", "offline"):
-        problems.append(f"--rpn must be joint or offline, got {cfg.rpn!r}")
-    if cfg.rpn == "offline" and cfg.task == "detector" and not cfg.rpn_checkpoint:
-        problems.append("--rpn offline needs --rpn_checkpoint (train one: python train_detect.py --preset toy-rpn)")
-    if cfg.optimizer not in ("adamw", "sgd"):
-        problems.append(f"--optimizer must be adamw or sgd, got {cfg.optimizer!r}")
-    if cfg.box_nms not in ("soft", "hard"):
-        problems.append(f"--box_nms must be soft or hard, got {cfg.box_nms!r}")
-    if cfg.templates not in ("ensemble", "single"):
-        problems.append(f"--templates must be ensemble or single, got {cfg.templates!r}")
-    for name in ("min_sizes", "anchor_sizes", "aspect_ratios", "lr_steps"):
-        try:
-            _floats(getattr(cfg, name))
-        except ValueError:
-            problems.append(f"--{name} must be comma-separated numbers, got {getattr(cfg, name)!r}")
-    if problems:
-        raise SystemExit("bad config: " + "; ".join(problems))
+from regionclip_min.data import DetectionDataset, collate_detection, image_root_beside
+from regionclip_min.detector import TrainingStep, build_detector, detector_from_official, load_detector
+from regionclip_min.drawing import draw_predictions
+from regionclip_min.rpn import ProposalNetwork, load_rpn
+from regionclip_min.scoring import open_vocabulary_ap, rpn_recall
+from regionclip_min.steps import build_optimizer, make_scheduler, parameter_groups, resolve_device
+from regionclip_min.transforms import random_hflip_detection
 
 
 def load_datasets(cfg, *, train: bool = True) -> tuple[DetectionDataset | None, DetectionDataset]:
@@ -122,7 +52,7 @@ def load_datasets(cfg, *, train: bool = True) -> tuple[DetectionDataset | None, 
     if cfg.category_split == "coco-ovd":  # the 48 / 17 names each json has (a COCO subset keeps its own share)
         train_cats = coco_ovd_names(cfg.train_json, COCO_OVD_BASE, "train")
         val_cats = coco_ovd_names(cfg.val_json, COCO_OVD_BASE + COCO_OVD_NOVEL, "val")
-    root = _image_root(cfg.train_json, cfg.image_root)
+    root = image_root_beside(cfg.train_json, cfg.image_root)
     try:
         train = (DetectionDataset(cfg.train_json, root, categories=train_cats, drop_empty=cfg.drop_empty)
                  if train else None)
@@ -132,36 +62,9 @@ def load_datasets(cfg, *, train: bool = True) -> tuple[DetectionDataset | None, 
         raise SystemExit(f"{e}. --category_split json reads each category's \"split\" field: mark the categories "
                          f"of {cfg.train_json} with \"split\": \"base\" (trained on) or \"novel\" (held out), or "
                          f"use --category_split coco-ovd for COCO names") from None
-    val = DetectionDataset(cfg.val_json, _image_root(cfg.val_json, cfg.val_image_root or cfg.image_root),
+    val = DetectionDataset(cfg.val_json, image_root_beside(cfg.val_json, cfg.val_image_root or cfg.image_root),
                            categories=val_cats)
     return train, val
-
-
-def coco_ovd_names(json_path: str, wanted: tuple[str, ...], which: str) -> list[str]:
-    """The names of `wanted` (OVR-CNN's base, or base + novel) that the json's categories have; the others are
-    named in a message, and so are the json's categories outside the split, which are left out."""
-    with open(json_path, encoding="utf-8") as f:
-        have = [c.get("name") for c in json.load(f).get("categories", [])]
-    kept = [n for n in wanted if n in have]
-    if not kept:
-        raise SystemExit(f"{json_path}: none of OVR-CNN's COCO names ({', '.join(wanted[:5])}, ...) among its "
-                         f"categories ({have[:5]}...): --category_split coco-ovd is for COCO; use --category_split "
-                         f"json with a \"split\" field per category")
-    missing, outside = [n for n in wanted if n not in have], [n for n in have if n not in wanted]
-    if missing or outside:
-        print(f"{which} json {json_path}: {len(kept)} of the split's {len(wanted)} names; "
-              + (f"absent: {', '.join(missing)}; " if missing else "")
-              + (f"left out ({'not a base name' if which == 'train' else 'not in the 48/17 split'}): "
-                 f"{', '.join(outside)}" if outside else ""))
-    return kept
-
-
-def novel_base_ids(cfg, val: DetectionDataset) -> tuple[list[int], list[int]]:
-    if cfg.category_split == "coco-ovd":
-        ids = dict(zip(val.category_names, val.category_ids))
-        return [ids[n] for n in COCO_OVD_NOVEL if n in ids], [ids[n] for n in COCO_OVD_BASE if n in ids]
-    novel = [c for c, s in zip(val.category_ids, val.category_splits) if s == "novel"]
-    return novel, [c for c in val.category_ids if c not in set(novel)]
 
 
 def build(cfg, train: DetectionDataset, val: DetectionDataset, device) -> tuple[torch.nn.Module, dict]:
@@ -217,56 +120,13 @@ def make_optimizer(cfg, model):
 
 # ---- evaluation -------------------------------------------------------------------------------------------------
 def evaluate_detector(cfg, model, val: DetectionDataset, emb_test: torch.Tensor, out: Path, device) -> dict:
-    """Swap in every val category (base + novel), detect, score AP50 novel/base/all and AP, draw a few images.
-
-    With novel categories, also "base_vocabulary": the base AP50 / AP when only the base names are offered (the
-    closed-vocabulary detector the training produced). The gap to the open-vocabulary base AP50 is what the novel
-    names take: boxes of base objects and background that now score highest on a novel name."""
-    set_vocabulary(model, emb_test)
-    results, image_ids = detect(model, val, batch_size=cfg.eval_batch_size, max_images=cfg.eval_max_images,
-                                device=device, progress=True)
-    if not image_ids:  # every image unreadable: an AP of 0 would be a silent lie
-        raise SystemExit(f"{cfg.val_json}: no val image could be read (skipped: {dict(val.skipped)}); nothing scored")
+    """AP50 novel / base / all and AP over every val category (scoring.open_vocabulary_ap), and a few val images
+    drawn to out/predictions."""
     novel, base = novel_base_ids(cfg, val)
-    print(f"scoring {len(results)} detections on {len(image_ids)} images with COCOeval ...")
-    metrics = ovd_ap(val.coco_json_path, results, novel_ids=novel, base_ids=base, image_ids=image_ids,
-                     max_dets=cfg.detections_per_img)
-    if novel and base:
-        rows = [val.category_ids.index(c) for c in base]
-        set_vocabulary(model, emb_test[rows])
-        closed, _ = detect(model, val, batch_size=cfg.eval_batch_size, max_images=cfg.eval_max_images,
-                           device=device, progress=True, category_ids=base)
-        m = ovd_ap(val.coco_json_path, closed, novel_ids=[], base_ids=base, image_ids=image_ids,
-                   max_dets=cfg.detections_per_img)
-        metrics["base_vocabulary"] = {"ap50": m["ap50"]["base"], "ap": m["ap"]["base"]}
-        set_vocabulary(model, emb_test)  # the drawings below use the whole vocabulary
-    (out / "predictions").mkdir(exist_ok=True)
-    novel_set = set(novel)
-    with torch.no_grad():
-        for i in range(min(cfg.draw_images, len(val))):
-            if (item := val[i]) is None:
-                continue
-            image, target = item
-            pred = model([image.to(device)])[0]
-            labels = (pred["labels"] - 1).tolist()
-            draw_detections(image, pred["boxes"].cpu(), [val.category_names[k] for k in labels], pred["scores"].cpu(),
-                            out / "predictions" / f"{target['image_id']}.png",
-                            is_novel=[val.category_ids[k] in novel_set for k in labels])
+    metrics = open_vocabulary_ap(model, val, emb_test, novel, base, batch_size=cfg.eval_batch_size,
+                                 max_images=cfg.eval_max_images, max_dets=cfg.detections_per_img, device=device)
+    draw_predictions(model, val, cfg.draw_images, out / "predictions", novel, device)
     return metrics
-
-
-def evaluate_rpn(cfg, model, val: DetectionDataset, device, top_ks=(10, 100)) -> dict:
-    """Recall@k (IoU 0.5) of the class-agnostic proposals on base and novel val boxes, for each k in top_ks."""
-    n = len(val) if cfg.eval_max_images is None else min(cfg.eval_max_images, len(val))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val, range(n)), batch_size=cfg.eval_batch_size,
-                                         collate_fn=collate_detection)
-    novel_k = torch.tensor([s == "novel" for s in val.category_splits])  # (K,)
-    props, gts, novel = [], [], []
-    for images, targets in tqdm(loader, desc="proposals"):
-        props += [p.cpu() for p in propose(model, [im.to(device) for im in images], max(top_ks))]
-        gts += [t["boxes"] for t in targets]
-        novel += [novel_k[t["labels"] - 1] for t in targets]
-    return {**{f"recall@{k}": proposal_recall([p[:k] for p in props], gts, novel) for k in top_ks}, "n_images": n}
 
 
 # ---- main ---------------------------------------------------------------------------------------------------------
@@ -281,7 +141,8 @@ def evaluate(cfg, model, kind: str, val: DetectionDataset, emb_test, out: Path, 
     """Score a trained model on the val set and write results.json (and predictions/*.png for a detector)."""
     model.eval()
     if kind == "rpn":
-        results = evaluate_rpn(cfg, model, val, device)
+        results = rpn_recall(model, val, batch_size=cfg.eval_batch_size, max_images=cfg.eval_max_images,
+                             device=device)
     else:
         results = evaluate_detector(cfg, model, val, emb_test.to(device), out, device)
     checkpoint = checkpoint or out / "final.pt"
@@ -394,79 +255,27 @@ def run_training(cfg, out: Path, device) -> Path:
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(optimizer, schedule="multistep", warmup_steps=cfg.warmup_steps,
                                max_steps=cfg.max_steps, lr_steps=cfg.lr_steps)
-    start = 0
-    if cfg.resume and (last := ckpt.latest_checkpoint(out)) is not None:
-        state = ckpt.load_checkpoint(last, map_location=device)
+    # torchvision draws anchors / RoIs to sample and the training size from the global RNG: reseeded every step
+    run = engine.Run(out, cfg.seed, cfg.max_steps, cfg.log_every, cfg.ckpt_every, cfg.keep_ckpts, cfg.grad_clip,
+                     reseed_global=True, desc=cfg.task)
+
+    def same_kind(state):
         if state.get("kind") != meta["kind"]:
-            raise SystemExit(f"{last} holds a {state.get('kind')!r} checkpoint, this run trains {meta['kind']!r}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start = state["step"]
-        print(f"resumed from {last} at step {start}")
-    if cfg.resume:  # drop log lines written after the checkpoint resumed from (all, if none)
-        ckpt.truncate_metrics(out / "metrics.jsonl", start)
+            raise SystemExit(f"{out} holds a {state.get('kind')!r} checkpoint, this run trains {meta['kind']!r}")
 
-    def save(path, step):
-        ckpt.save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "step": step, "rng": ckpt.rng_state(),
-                                    "config": config_to_dict(cfg), "model_name": cfg.model_name, **meta})
-
-    sampler = StepSampler(len(train), cfg.batch_size, 0, 1, cfg.seed, start, cfg.max_steps)
-    loader = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate_detection,
-                                         num_workers=cfg.num_workers)
+    start = engine.resume(run, model, optimizer, scheduler, device=device, check=same_kind) if cfg.resume else 0
     model.train()
-    bar = tqdm(total=cfg.max_steps, initial=start, desc=cfg.task, dynamic_ncols=True)
-    step, t0 = start, time.time()
-    skipped_images = skipped_batches = 0
-    with open(out / "metrics.jsonl", "a") as metrics:
-        for images, targets in loader:
-            poll_threads()
-            g = step_generator(cfg.seed, step, 0)
-            # torchvision draws anchors/RoIs to sample and the training size from the global RNG: seed it per step
-            torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=g)))
-            skipped_images += cfg.batch_size - len(images)  # bad images dropped by the collate
-            if not images:  # every image of this batch was unreadable (counted in the dataset summary)
-                step += 1
-                scheduler.step()
-                skipped_batches += 1
-                continue
-            flips = torch.rand(len(images), generator=g) < 0.5 if cfg.hflip else torch.zeros(len(images), dtype=bool)
-            batch = [hflip(im, t["boxes"]) if f else (im, t["boxes"]) for im, t, f in zip(images, targets, flips)]
-            images = [im.to(device) for im, _ in batch]
-            targets = [{"boxes": b.to(device), "labels": t["labels"].to(device)} for (_, b), t in zip(batch, targets)]
-            losses = model(images, targets)
-            total = sum(losses.values())  # every term weighted 1 (torchvision's and the paper's sum)
-            values = {k: v.item() for k, v in losses.items()}
-            if not all(math.isfinite(v) for v in values.values()):
-                bad = [k for k, v in values.items() if not math.isfinite(v)]
-                raise SystemExit(f"non-finite loss at step {step}: {bad} in {values}. Stopped; the last good "
-                                 f"checkpoint is {ckpt.latest_checkpoint(out)} (resume with --resume, perhaps with a "
-                                 f"lower --lr)")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            clip_gradients([p for p in model.parameters() if p.requires_grad], cfg.grad_clip, per_tensor=True)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in values.items()})
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                metrics.write(ckpt.strict_json({"step": step, "lr": scheduler.get_last_lr()[0], "total": total.item(),
-                                          **values, "elapsed_s": round(time.time() - t0, 1)}) + "\n")
-                metrics.flush()
-            if step % cfg.ckpt_every == 0 and step < cfg.max_steps:
-                save(ckpt.checkpoint_path(out, step), step)
-                ckpt.prune_checkpoints(out, cfg.keep_ckpts)
-    bar.close()
-    elapsed = time.time() - t0
-    save(ckpt.checkpoint_path(out, step), step)
-    ckpt.link_checkpoint(ckpt.checkpoint_path(out, step), out / "final.pt")
-    ckpt.prune_checkpoints(out, cfg.keep_ckpts)
+
+    def save():  # what a checkpoint holds besides the optimizer, scheduler, step and RNG
+        return {"model": model.state_dict(), "config": config_to_dict(cfg), "model_name": cfg.model_name, **meta}
+
+    step = engine.train(run, TrainingStep(model, device), [p for p in model.parameters() if p.requires_grad],
+                        optimizer, scheduler, train, collate=collate_detection, batch_size=cfg.batch_size,
+                        start=start, save=save, augment=random_hflip_detection if cfg.hflip else None,
+                        num_workers=cfg.num_workers)
+    elapsed = run.counts["seconds"]
     print(f"trained {step - start} steps in {elapsed:.0f} s ({(step - start) / max(elapsed, 1e-9):.2f} steps/s)")
-    summary = {"steps": step - start, "first_step": start, "seconds": round(elapsed, 1),
-               "images_skipped_unreadable": skipped_images, "batches_skipped_unreadable": skipped_batches,
-               "train_skipped_at_load": dict(train.skipped), "val_skipped_at_load": dict(val.skipped)}
+    summary = {**run.counts, "train_skipped_at_load": dict(train.skipped), "val_skipped_at_load": dict(val.skipped)}
     ckpt.write_json(out / "run_summary.json", summary)
     print(f"run summary ({out / 'run_summary.json'}): {ckpt.strict_json(summary)}")
     if cfg.eval_at_end:
@@ -476,7 +285,7 @@ def run_training(cfg, out: Path, device) -> Path:
     toy = (preset_of(cfg) or "").startswith("toy")
     start = "--preset toy" if toy else f"--task detector --init {cfg.init or cfg.pretrained}"
     nxt = (f"python train_detect.py {start} --rpn offline --rpn_checkpoint {out / 'final.pt'} {data}  (or RPN "
-           f"proposals for pretraining: regionclip_min.detector.load_rpn / propose)" if cfg.task == "rpn" else
+           f"proposals for pretraining: regionclip_min.rpn.load_rpn / propose)" if cfg.task == "rpn" else
            f"look at {out / 'predictions'}/*.png; evaluate again with python train_detect.py --eval_only true "
            f"--out_dir {out} {flags(cfg, ('val_json', 'val_image_root', 'image_root', 'category_split'))}")
     print(f"done: checkpoint {out / 'final.pt'}; next: {nxt}")

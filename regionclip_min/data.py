@@ -1,8 +1,8 @@
-"""Datasets, pixel transforms and collate functions (the data of paper Sec. 3.3 and 4.1; docs/DESIGN.md §2, §3).
+"""Datasets and collate functions (the data of paper Sec. 3.3 and 4.1; docs/DESIGN.md §2, §3).
 
-Provides CLIP's pixel statistics and whole-image preprocessing (``CLIP_MEAN``, ``CLIP_STD``, ``normalize``,
-``image_transform``); ``ImageCaptionDataset``, the image-text pairs of pretraining, from a COCO captions json or
-a TSV of ``image_path<TAB>caption`` lines; ``DetectionDataset``, COCO instances as torchvision detection targets
+Pixels, boxes and flips are in transforms.py, the checks of bad input in data_checks.py. Here:
+``ImageCaptionDataset``, the image-text pairs of pretraining, from a COCO captions json or a TSV of
+``image_path<TAB>caption`` lines; ``DetectionDataset``, COCO instances as torchvision detection targets
 (boxes xyxy float32 absolute pixels, labels int64 with background 0 and category k -> k + 1), optionally
 restricted to a category subset such as the base split of open-vocabulary transfer; and the collate functions.
 
@@ -19,215 +19,27 @@ LVIS federated-annotation fields, and making data (toyworld.py).
 """
 from __future__ import annotations
 
-import json
-import math
-import warnings
-from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
-from torch.utils.data import Dataset
+from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-BOX_TOLERANCE = 1.0  # px: a box at most this far outside its image is clipped to it, a farther one is skipped
+from regionclip_min.data_checks import CheckedDataset, box_xyxy, index_images, load_json, require
+from regionclip_min.transforms import geometry, hflip, image_transform, uint8_to_input
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """CLIP pixel normalisation x' = (x - CLIP_MEAN[c]) / CLIP_STD[c] of (3, H, W) or (B, 3, H, W) float RGB
-    in [0, 1]; returns the same shape and dtype."""
-    if images.dim() not in (3, 4) or images.shape[-3] != 3:
-        raise ValueError(f"normalize expects (3, H, W) or (B, 3, H, W) RGB, got {tuple(images.shape)}")
-    mean = images.new_tensor(CLIP_MEAN).view(3, 1, 1)  # (3, 1, 1)
-    std = images.new_tensor(CLIP_STD).view(3, 1, 1)  # (3, 1, 1)
-    return (images - mean) / std  # (B, 3, H, W) or (3, H, W)
+def image_root_beside(json_path: str, root: str | None) -> str | None:
+    """`root`, or when it is None the folder 'images/' beside the json if there is one (the toy world's layout)."""
+    if root is None and (Path(json_path).parent / "images").is_dir():
+        return str(Path(json_path).parent / "images")
+    return root
 
 
-def open_rgb(path) -> Image.Image:
-    """An image file as the RGB picture a person sees: EXIF orientation applied (a phone photo stored sideways is
-    turned upright), and every PIL mode converted without clipping:
-    - 8-bit modes (L, P, 1, RGBA, LA, PA, CMYK, YCbCr, ...): PIL's own conversion (alpha dropped);
-    - 16-bit grayscale (I;16, I;16B, I;16L): value / 257, so 65535 is white;
-    - 32-bit integer (I): / 257 when its values lie in [0, 65535] (a 16-bit PNG as PIL may open it), else
-      stretched from its minimum to its maximum;
-    - 32-bit float (F): x 255 when its values lie in [0, 1], else stretched likewise.
-    Raises what PIL raises for a missing or unreadable file."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)  # a copy, upright; no-op without an orientation tag
-        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-            a = np.asarray(im, dtype=np.float64)  # (H, W)
-            lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
-            if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
-                a = a / 257.0
-            elif im.mode == "F" and lo >= 0 and hi <= 1:
-                a = a * 255.0
-            else:
-                a = (a - lo) / max(hi - lo, 1e-12) * 255.0
-            im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
-        return im.convert("RGB")
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    return image.convert("RGB")  # grayscale, palette, RGBA (alpha dropped) -> RGB
-
-
-def _geometry(image_size: int, max_size: int | None = None) -> list:
-    if max_size is not None:  # detectron2's ResizeShortestEdge: short side S, long side at most max_size, no crop
-        return [_to_rgb, T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC, max_size=max_size,
-                                  antialias=True)]
-    return [_to_rgb, T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-            T.CenterCrop(image_size)]
-
-
-def image_transform(image_size: int, *, train: bool = False, max_size: int | None = None) -> T.Compose:
-    """CLIP's whole-image preprocessing, PIL image (any mode) -> (3, S, S) float32 CLIP-normalised: resize the short
-    side to S = image_size (bicubic, as CLIP), center crop; ``train`` adds a horizontal flip (p = 0.5). To pool
-    regions from enlarged images (docs/DESIGN.md §5.1), pass the enlarged S, e.g. 256 for a 128-px CLIP. With
-    `max_size`: no crop, the aspect kept, the long side at most max_size (the official pretraining's 800 / 1333):
-    (3, h, w)."""
-    flip = [T.RandomHorizontalFlip(0.5)] if train else []
-    return T.Compose(_geometry(image_size, max_size) + flip + [T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
-
-
-def _uint8_to_input(image: torch.Tensor) -> torch.Tensor:
-    """(3, S, S) uint8 -> float32 CLIP-normalised, the same arithmetic as ToTensor + Normalize."""
-    return TF.normalize(image.float().div(255), CLIP_MEAN, CLIP_STD)
-
-
-def hflip(image: torch.Tensor, boxes_xyxy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mirror image (3, H, W) and its boxes (N, 4) float xyxy absolute pixels left-right: x1' = W - x2,
-    x2' = W - x1. Returns the flipped (3, H, W) image and (N, 4) boxes (still x1 < x2)."""
-    width = image.shape[-1]
-    x1, y1, x2, y2 = boxes_xyxy.unbind(-1)  # (N,) each
-    return image.flip(-1), torch.stack([width - x2, y1, width - x1, y2], dim=-1)  # (3, H, W), (N, 4)
-
-
-def _load_json(path: Path, required: Sequence[str]) -> dict:
-    """Read a COCO-style json whose top level must hold the ``required`` keys, each a list."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: malformed JSON ({e})") from e
-    _require(data, required, path, "top level")
-    if not all(isinstance(data[key], list) for key in required):
-        raise ValueError(f"{path}: each of {list(required)} must be a list")
-    return data
-
-
-def _require(entry, keys: Sequence[str], path: Path, where: str) -> None:
-    if not isinstance(entry, dict) or not all(k in entry for k in keys):
-        missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
-        raise ValueError(f"{path}: {where} is missing required key(s) {missing}")
-
-
-def _box_xyxy(bbox, width: float, height: float) -> tuple[list[float] | None, str, str]:
-    """COCO [x, y, w, h] -> ([x1, y1, x2, y2] clipped to the image, "", "") or (None, problem kind, reason)."""
-    try:
-        x, y, w, h = map(float, bbox)
-    except (TypeError, ValueError):
-        x = y = w = h = math.nan
-    if not math.isfinite(x + y + w + h):
-        return None, "box_invalid", f"bbox {bbox!r} is not 4 finite numbers"
-    if w <= 0 or h <= 0:
-        return None, "box_degenerate", f"bbox {bbox} has w <= 0 or h <= 0 (x2 <= x1 or y2 <= y1)"
-    x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))  # clipped
-    t = BOX_TOLERANCE
-    if x < -t or y < -t or x + w > width + t or y + h > height + t or x2 <= x1 or y2 <= y1:
-        return None, "box_outside", f"bbox {bbox} lies outside the {width}x{height} image"
-    return [x1, y1, x2, y2], "", ""
-
-
-def _index_images(data: dict, keys: Sequence[str], path: Path) -> dict:
-    """image id -> (index in data["images"], entry); each entry needs id, file_name and ``keys``. LVIS v1 names its
-    images by `coco_url` only: its last two parts ('val2017/000000397133.jpg') become the file_name, so the image
-    root is the COCO folder that holds train2017/ and val2017/."""
-    by_id = {}
-    for i, entry in enumerate(data["images"]):
-        if "file_name" not in entry and isinstance(entry.get("coco_url"), str):
-            entry["file_name"] = "/".join(entry["coco_url"].rstrip("/").split("/")[-2:])
-        _require(entry, ("id", "file_name", *keys), path, f"images[{i}]")
-        if entry["id"] in by_id:
-            raise ValueError(f"{path}: images[{i}] repeats image id {entry['id']}")
-        by_id[entry["id"]] = (i, entry)
-    return by_id
-
-
-class _CheckedDataset(Dataset):
-    """Bookkeeping shared by the datasets: raise when strict, else count, remember and warn per problem kind."""
-
-    def __init__(self, path, strict: bool):
-        self.path, self.strict = Path(path), strict
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: file not found")
-        self.skipped: Counter = Counter()
-        self._first: dict[str, str] = {}
-        self._bad_items: set[int] = set()
-        self._bad_ids: set = set()  # image ids left out at load (their annotations are not counted again)
-
-    def _problem(self, kind: str, message: str, error: type[Exception] = ValueError) -> None:
-        if self.strict:
-            raise error(message)
-        self.skipped[kind] += 1
-        self._first.setdefault(kind, message)
-
-    def _ann_problem(self, kind: str, i: int, ann: dict, reason: str) -> None:
-        self._problem(kind, f"{self.path}: annotations[{i}] (id {ann.get('id')}): {reason}")
-
-    def _warn_skipped(self) -> None:
-        for kind, n in sorted(self.skipped.items()):
-            warnings.warn(f"{self.path}: skipped {n} x {kind}; first: {self._first[kind]}", stacklevel=3)
-
-    def _open_rgb(self, index: int, path: Path, where: str, size: tuple[int, int] | None = None):
-        """The image at ``path`` as an RGB PIL image, or None if missing/unreadable/not ``size`` (non-strict)."""
-        if index in self._bad_items:
-            return None
-        try:
-            image = open_rgb(path)
-        except FileNotFoundError:
-            kind, msg, error = "image_missing", f"{path} ({where}): image file not found", FileNotFoundError
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            kind, msg, error = "image_unreadable", f"{path} ({where}): cannot read image ({e})", ValueError
-        else:
-            if size is None or image.size == size:
-                return image
-            kind, error = "image_size_mismatch", ValueError
-            msg = (f"{path} ({where}): image is {image.size[0]}x{image.size[1]}, the json says {size[0]}x{size[1]} "
-                   f"(the image's size upright, after its EXIF orientation)")
-        first = kind not in self.skipped
-        self._problem(kind, msg, error)
-        self._bad_items.add(index)
-        if first:
-            warnings.warn(f"{msg}; further ones are only counted in .skipped", stacklevel=3)
-        return None
-
-    def image_paths(self) -> list[Path]:
-        """Every image file the dataset names, in item order."""
-        raise NotImplementedError
-
-    def check_images(self, option: str = "--image_root", sample: int = 8) -> None:
-        """SystemExit before any work when the images are not where the dataset says: a few of them, spread over
-        the list, must exist (a wrong image root would otherwise skip every image, silently)."""
-        paths = self.image_paths()
-        if not paths:
-            raise SystemExit(f"{self.path} lists no image")
-        picks = sorted({round(i * (len(paths) - 1) / max(sample - 1, 1)) for i in range(sample)})
-        missing = [paths[i] for i in picks if not paths[i].is_file()]
-        if missing:
-            raise SystemExit(f"{self.path}: {len(missing)} of {len(picks)} images checked are missing, e.g. "
-                             f"{missing[0]}; is {option} right? (it is {self.image_root})")
-
-    def summary(self) -> str:
-        """One line: the source file, what was kept and what was skipped per problem kind."""
-        skipped = ", ".join(f"{k}={n}" for k, n in sorted(self.skipped.items())) or "nothing"
-        return f"{type(self).__name__}({self.path}): {self._kept()}; skipped {skipped}"
-
-
-class ImageCaptionDataset(_CheckedDataset):
+class ImageCaptionDataset(CheckedDataset):
     """Image-text pairs for region-text pretraining (Sec. 3.3): one item per image, with all its captions.
 
     Args:
@@ -252,7 +64,7 @@ class ImageCaptionDataset(_CheckedDataset):
         super().__init__(path, strict)
         self.image_root = Path(image_root) if image_root is not None else self.path.parent
         self.transform = image_transform(image_size, train=train, max_size=max_size)
-        self._geometry = T.Compose(_geometry(image_size, max_size))
+        self.geometry = T.Compose(geometry(image_size, max_size))
         self._flip = T.RandomHorizontalFlip(0.5) if train else None
         self.cache: dict[int, tuple[torch.Tensor, tuple[int, int]]] | None = {} if cache_images else None
         self.items: list[tuple[Path, list[str], int, str]] = []  # (image path, captions, image id, where)
@@ -265,10 +77,10 @@ class ImageCaptionDataset(_CheckedDataset):
         self._warn_skipped()
 
     def _read_coco(self) -> None:
-        data = _load_json(self.path, ("images", "annotations"))
-        by_id = {k: (i, entry["file_name"], []) for k, (i, entry) in _index_images(data, (), self.path).items()}
+        data = load_json(self.path, ("images", "annotations"))
+        by_id = {k: (i, entry["file_name"], []) for k, (i, entry) in index_images(data, (), self.path).items()}
         for i, ann in enumerate(data["annotations"]):
-            _require(ann, ("image_id", "caption"), self.path, f"annotations[{i}]")
+            require(ann, ("image_id", "caption"), self.path, f"annotations[{i}]")
             if ann["image_id"] not in by_id:
                 self._ann_problem("unknown_image", i, ann, f"unknown image_id {ann['image_id']!r}")
             elif not isinstance(ann["caption"], str) or not ann["caption"].strip():
@@ -310,14 +122,14 @@ class ImageCaptionDataset(_CheckedDataset):
         path, captions, image_id, where = self.items[index]
         if self.cache is not None and index in self.cache:
             pixels, orig_size = self.cache[index]  # (3, S, S) uint8; (width, height) before the resize and crop
-            tensor = _uint8_to_input(self._flip(pixels) if self._flip is not None else pixels)
+            tensor = uint8_to_input(self._flip(pixels) if self._flip is not None else pixels)
         else:
             image = self._open_rgb(index, path, where)
             if image is None:
                 return None
             tensor, orig_size = self.transform(image), image.size
             if self.cache is not None:  # this first read goes through the PIL pipeline; later reads use the cache
-                self.cache[index] = (torch.from_numpy(np.array(self._geometry(image))).permute(2, 0, 1).contiguous(),
+                self.cache[index] = (torch.from_numpy(np.array(self.geometry(image))).permute(2, 0, 1).contiguous(),
                                      image.size)
         return {"image": tensor, "captions": list(captions), "image_id": image_id, "orig_size": orig_size}
 
@@ -347,39 +159,7 @@ def collate_image_caption(batch: list[dict | None]) -> dict | None:
             "orig_sizes": torch.tensor([b["orig_size"] for b in items], dtype=torch.int64)}  # (B, 2)
 
 
-def boxes_to_transformed(boxes: torch.Tensor, orig_size: tuple[int, int], image_size: int) -> torch.Tensor:
-    """Boxes (N, 4+) xyxy in the pixels of a (width, height) file -> the pixels of `image_transform(image_size)`'s
-    output (short side resized to S, centre crop S x S, as torchvision computes them), clipped to the crop; rows
-    that leave no area inside the crop are dropped. Extra columns (e.g. a score) are kept."""
-    w, h = orig_size
-    new_w, new_h = (image_size, int(image_size * h / w)) if w <= h else (int(image_size * w / h), image_size)
-    left, top = int(round((new_w - image_size) / 2.0)), int(round((new_h - image_size) / 2.0))
-    out = boxes.clone().float()
-    out[:, 0:4] = (out[:, 0:4] * boxes.new_tensor([new_w / w, new_h / h] * 2).float()
-                   - torch.tensor([left, top, left, top], dtype=torch.float32)).clamp(0, image_size)
-    keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
-    return out[keep]
-
-
-def boxes_to_resized(boxes: torch.Tensor, orig_size: tuple[int, int], new_size: tuple[int, int]) -> torch.Tensor:
-    """Boxes (N, 4+) xyxy in the pixels of a (width, height) file -> the pixels of the same image resized, without
-    a crop, to new_size (height, width); clipped, rows with no area dropped, extra columns kept."""
-    (w, h), (new_h, new_w) = orig_size, new_size
-    out = boxes.clone().float()
-    out[:, 0:4] = out[:, 0:4] * torch.tensor([new_w / w, new_h / h] * 2)
-    out[:, 0:4] = torch.minimum(out[:, 0:4].clamp(min=0), torch.tensor([new_w, new_h] * 2, dtype=torch.float32))
-    return out[(out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])]
-
-
-def flip_valid(images: torch.Tensor, sizes: torch.Tensor, flip: torch.Tensor) -> None:
-    """Mirrors, in place, the images of a padded batch (B, 3, H, W) where `flip` (B,) is True, each within its own
-    (height, width) of `sizes` (B, 2), so that padding stays at the right."""
-    for i in torch.where(flip)[0].tolist():
-        h, w = sizes[i].tolist()
-        images[i, :, :h, :w] = images[i, :, :h, :w].flip(-1)
-
-
-class DetectionDataset(_CheckedDataset):
+class DetectionDataset(CheckedDataset):
     """COCO instances as torchvision detection targets (open-vocabulary transfer and evaluation, Sec. 4.1).
 
     Labels follow docs/DESIGN.md §3: background 0; the kept categories are sorted by category id and
@@ -411,17 +191,17 @@ class DetectionDataset(_CheckedDataset):
         self.coco_json_path = str(self.path)
         self.image_root = Path(image_root) if image_root is not None else self.path.parent
         self.min_size, self.hflip_prob = min_size, hflip_prob
-        data = _load_json(self.path, ("images", "annotations", "categories"))
+        data = load_json(self.path, ("images", "annotations", "categories"))
         cats = {}
         for i, cat in enumerate(data["categories"]):
-            _require(cat, ("id", "name"), self.path, f"categories[{i}]")
+            require(cat, ("id", "name"), self.path, f"categories[{i}]")
             cats[cat["id"]] = cat
         self.category_ids = self._select(cats, categories)
         self.category_names = [cats[c]["name"] for c in self.category_ids]
         self.category_splits = [cats[c].get("split") for c in self.category_ids]
         label_of = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
         images = {k: (i, entry, [], []) for k, (i, entry) in  # id -> (json index, entry, boxes, labels)
-                  _index_images(data, ("width", "height"), self.path).items()}
+                  index_images(data, ("width", "height"), self.path).items()}
         for k, (i, entry, _, _) in list(images.items()):
             w, h = entry["width"], entry["height"]
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1 for v in (w, h)):
@@ -430,7 +210,7 @@ class DetectionDataset(_CheckedDataset):
                 del images[k]
                 self._bad_ids.add(k)
         for i, ann in enumerate(data["annotations"]):
-            _require(ann, ("image_id", "category_id", "bbox"), self.path, f"annotations[{i}]")
+            require(ann, ("image_id", "category_id", "bbox"), self.path, f"annotations[{i}]")
             box, kind, reason = None, "", ""
             if ann["category_id"] not in cats:
                 kind, reason = "unknown_category", f"unknown category_id {ann['category_id']!r}"
@@ -440,7 +220,7 @@ class DetectionDataset(_CheckedDataset):
                 kind, reason = "unknown_image", f"unknown image_id {ann['image_id']!r}"
             elif ann["category_id"] in label_of and not ann.get("iscrowd", 0):
                 _, entry, boxes, labels = images[ann["image_id"]]
-                box, kind, reason = _box_xyxy(ann["bbox"], entry["width"], entry["height"])
+                box, kind, reason = box_xyxy(ann["bbox"], entry["width"], entry["height"])
             if box is not None:
                 boxes.append(box)
                 labels.append(label_of[ann["category_id"]])

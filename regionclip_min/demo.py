@@ -6,7 +6,7 @@
 
 Weights in (an open_clip name with a weights file or tag, our checkpoints, or an official RegionCLIP checkpoint:
 whatever `clip_model.load_clip` takes), an image and names in, boxes, names and scores out. The proposals are an RPN
-checkpoint's (`rpn=`, train_detect.py --task rpn) or multi-scale sliding windows (`regions.window_boxes`, no
+checkpoint's (`rpn=`, train_detect.py --task rpn) or multi-scale sliding windows (`proposals.window_boxes`, no
 training needed); each box goes through the region path (res4 -> RoIAlign -> layer4 -> attention pool) and is
 scored by softmax(cos / tau) over the names, times the RPN's objectness ** 0.5, then NMS per name.
 `eval_zeroshot.py --image` is the same on the command line, with a table and a drawing.
@@ -17,14 +17,16 @@ import functools
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import to_tensor
 
 from regionclip_min.clip_model import TEMPLATES, encode_texts, load_clip
-from regionclip_min.data import open_rgb
-from regionclip_min.detector import load_rpn, propose
+from regionclip_min.detector import set_vocabulary
 from regionclip_min.evaluation import region_detections, region_embeddings
-from regionclip_min.regions import RegionEncoder, window_boxes
+from regionclip_min.proposals import window_boxes
+from regionclip_min.regions import RegionEncoder
+from regionclip_min.rpn import load_rpn, propose
+from regionclip_min.transforms import open_rgb
 
 
 def zero_shot_detections(visual, image: torch.Tensor, class_emb: torch.Tensor, *, rpn=None, top_k: int = 100,
@@ -37,7 +39,7 @@ def zero_shot_detections(visual, image: torch.Tensor, class_emb: torch.Tensor, *
         visual: a CLIP ModifiedResNet (`model.visual`), or pass `encoder` (a region encoder built on it).
         image: (3, H, W) float RGB in [0, 1].
         class_emb: (V, D) class-name embeddings.
-        rpn: a ProposalNetwork (`detector.load_rpn`) or None for sliding windows (objectness 1 each).
+        rpn: a ProposalNetwork (`rpn.load_rpn`) or None for sliding windows (objectness 1 each).
     """
     if rpn is not None:
         props, source = propose(rpn, [image.to(device)], top_k, with_scores=True)[0].cpu(), "RPN"  # (R, 5)
@@ -51,6 +53,30 @@ def zero_shot_detections(visual, image: torch.Tensor, class_emb: torch.Tensor, *
     dets = region_detections([record], class_emb, list(range(len(class_emb))), tau=tau, nms_thresh=nms_thresh,
                              objectness_power=objectness_power)
     return dets, record, f"{len(props)} proposals ({source})"
+
+
+def read_image(path, option: str = "--image") -> torch.Tensor:
+    """An image file as (3, H, W) float RGB in [0, 1], EXIF orientation applied; SystemExit in one line naming
+    `option` if it is unreadable or smaller than 16 x 16."""
+    try:
+        image = to_tensor(open_rgb(path))  # (3, H, W)
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+        raise SystemExit(f"{option} {path}: cannot read it as an image ({type(e).__name__}: {e})") from None
+    if min(image.shape[-2:]) < 16:
+        raise SystemExit(f"{option} {path}: {tuple(image.shape[-2:])} pixels is too small (at least 16 x 16)")
+    return image
+
+
+@torch.no_grad()
+def detector_detections(detector, class_emb: torch.Tensor, image: torch.Tensor, device) -> list[dict]:
+    """A trained detector on one image with `class_emb` (V, D) as its vocabulary: detections as region_detections
+    gives them (bbox xywh pixels of the image, score, category_id = the vocabulary row), best first."""
+    set_vocabulary(detector, class_emb.to(device))
+    out = detector.eval()([image.to(device)])[0]
+    dets = [{"image_id": 0, "category_id": label - 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+            for (x1, y1, x2, y2), label, score in zip(out["boxes"].cpu().tolist(), out["labels"].tolist(),
+                                                     out["scores"].tolist())]
+    return sorted(dets, key=lambda d: -d["score"])
 
 
 @functools.lru_cache(maxsize=2)

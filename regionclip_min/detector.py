@@ -33,71 +33,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
-from torchvision.ops import nms, roi_align
 
 from regionclip_min import official
 from regionclip_min.checkpoint import load_checkpoint
-from regionclip_min.clip_model import guess_model_name, load_clip
-from regionclip_min.data import CLIP_MEAN, CLIP_STD
+from regionclip_min.clip_model import guess_model_name
 from regionclip_min.losses import focal_scaled_cross_entropy
 from regionclip_min.postprocess import select_detections
-from regionclip_min.regions import STRIDE, attention_pool, check_boxes, in_chunks
-
-
-class _FrozenBatchNorm(nn.Module):
-    """Base for CLIP parts: BatchNorm parameters get requires_grad=False at construction (`_freeze_bn`) and every
-    BatchNorm stays in eval mode whatever `train()` is told (frozen statistics, as RegionEncoder does)."""
-
-    def _freeze_bn(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.requires_grad_(False)
-        self.train(self.training)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
-
-
-class CLIPBackbone(_FrozenBatchNorm):
-    """CLIP ModifiedResNet stem..layer3 as a one-level torchvision backbone: (B, 3, H, W) CLIP-normalised ->
-    (B, C4, H/16, W/16). Shares (does not copy) the modules of `visual` and keeps their upstream names, so
-    `backbone.state_dict()` keys are `visual`'s (conv1.weight, layer3.0.bn1...). Stem and layer1 are frozen
-    (`freeze_stem_and_layer1`, the paper's student convention); BatchNorm is always frozen."""
-
-    def __init__(self, visual: nn.Module, *, freeze_stem_and_layer1: bool = True):
-        super().__init__()
-        for name in ("conv1", "bn1", "act1", "conv2", "bn2", "act2", "conv3", "bn3", "act3", "avgpool",
-                     "layer1", "layer2", "layer3"):
-            setattr(self, name, getattr(visual, name))
-        self.out_channels = visual.layer3[-1].bn3.num_features  # C4 (torchvision reads this attribute)
-        if freeze_stem_and_layer1:
-            for name in ("conv1", "conv2", "conv3", "layer1"):
-                getattr(self, name).requires_grad_(False)
-        self._freeze_bn()
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(images)))  # (B, w/2, H/2, W/2), w = stem width; open_clip's stem order
-        x = self.act2(self.bn2(self.conv2(x)))  # (B, w/2, H/2, W/2)
-        x = self.avgpool(self.act3(self.bn3(self.conv3(x))))  # (B, w, H/4, W/4)
-        return self.layer3(self.layer2(self.layer1(x)))  # (B, C4, H/16, W/16)
+from regionclip_min.regions import CLIPBackbone, FrozenBatchNorm, pooler_size, res5_head, roi_pool
+from regionclip_min.rpn import FrozenRPN, ProposalNetwork, make_rpn, make_transform, visual_of
 
 
 class AlignedRoIPool(nn.Module):
-    """Our RoI pooler for torchvision's RoIHeads: roi_align(aligned=True, scale 1/16) on the single res4 map.
-
-    Called as box_roi_pool(features, proposals, image_shapes) with features {"0": (B, C4, H/16, W/16)} and
-    proposals B tensors (R_i, 4) xyxy pixels of the resized image; returns (R, C4, P, P). Checks one box list per
-    image before roi_align (which on CPU reads and writes past the map otherwise, docs/DESIGN.md §3)."""
+    """Our RoI pooler for torchvision's RoIHeads: `regions.roi_pool` (roi_align aligned=True, scale 1/16) on the
+    single res4 map. Called as box_roi_pool(features, proposals, image_shapes) with features {"0": (B, C4, H/16,
+    W/16)} and proposals B tensors (R_i, 4) xyxy pixels of the resized image; returns (R, C4, P, P)."""
 
     def __init__(self, pooler_size: int, sampling_ratio: int = 0):
         super().__init__()
@@ -105,26 +57,21 @@ class AlignedRoIPool(nn.Module):
 
     def forward(self, features: dict, proposals: list[torch.Tensor], image_shapes=None) -> torch.Tensor:
         fmap = features["0"] if isinstance(features, dict) else features  # (B, C4, H/16, W/16)
-        check_boxes(proposals, fmap.shape[0])
-        rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1)  # (R_i, 5): image index, xyxy
-                          for i, b in enumerate(proposals)]).to(fmap)  # (R, 5)
-        P = self.pooler_size
-        return roi_align(fmap, rois, (P, P), 1.0 / STRIDE, self.sampling_ratio, True)  # (R, C4, P, P)
+        return roi_pool(fmap, proposals, self.pooler_size, self.sampling_ratio)  # (R, C4, P, P)
 
 
-class CLIPBoxHead(_FrozenBatchNorm):
+class CLIPBoxHead(FrozenBatchNorm):
     """CLIP layer4 (res5) + attention pool as the box head: (R, C4, P, P) -> (R, D) region embeddings, not
-    normalised. Shares the modules of `visual` (upstream names); BatchNorm frozen."""
+    normalised (`regions.res5_head`). Shares the modules of `visual` (upstream names); BatchNorm frozen."""
 
     def __init__(self, visual: nn.Module):
         super().__init__()
         self.layer4, self.attnpool = visual.layer4, visual.attnpool
-        tokens = visual.attnpool.positional_embedding.shape[0]  # grid * grid + 1
-        self.pooler_size = 2 * round((tokens - 1) ** 0.5)  # P: layer4 halves it back to the attnpool grid
-        self._freeze_bn()
+        self.pooler_size = pooler_size(visual.attnpool)
+        self.freeze_batchnorm()
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return in_chunks(lambda x: attention_pool(self.attnpool, self.layer4(x)), pooled)  # (R, D), regions.in_chunks
+        return res5_head(self.layer4, self.attnpool, pooled)  # (R, D)
 
 
 class TextEmbeddingPredictor(nn.Module):
@@ -218,98 +165,6 @@ class FocalRoIHeads(RoIHeads):
         return out
 
 
-class ScoredRPN(RegionProposalNetwork):
-    """torchvision's RPN with detectron2's L1 box loss (SMOOTH_L1_BETA = 0, the official RPN's; torchvision's is
-    smooth-L1 with beta 1/9), which also keeps the objectness (sigmoid) of the boxes of the last call in
-    `last_scores` (B tensors (R_i,), aligned with the boxes) for proposal files. Both losses are normalised by the
-    number of sampled anchors, as in torchvision (detectron2 divides by images x batch_size_per_image, the same
-    number whenever an image has enough negative anchors, which it always has)."""
-
-    def filter_proposals(self, *args):
-        boxes, scores = super().filter_proposals(*args)
-        self.last_scores = scores
-        return boxes, scores
-
-    def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
-        pos, neg = (torch.where(torch.cat(m))[0] for m in self.fg_bg_sampler(labels))
-        sampled = torch.cat([pos, neg])
-        labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)
-        box_loss = F.l1_loss(pred_bbox_deltas[pos], regression_targets[pos], reduction="sum") / sampled.numel()
-        objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled])
-        return objectness_loss, box_loss
-
-
-def _rpn(out_channels: int, *, anchor_sizes, aspect_ratios, pre_nms_top_n_train: int, pre_nms_top_n_test: int,
-         post_nms_top_n_train: int, post_nms_top_n_test: int, nms_thresh: float, batch_size_per_image: int,
-         fg_iou_thresh: float = 0.7, bg_iou_thresh: float = 0.3) -> ScoredRPN:
-    """torchvision's RPN on one feature level: len(anchor_sizes) x len(aspect_ratios) anchors per cell."""
-    anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
-    head = RPNHead(out_channels, anchors.num_anchors_per_location()[0])
-    return ScoredRPN(anchors, head, fg_iou_thresh, bg_iou_thresh, batch_size_per_image, 0.5,
-                     dict(training=pre_nms_top_n_train, testing=pre_nms_top_n_test),
-                     dict(training=post_nms_top_n_train, testing=post_nms_top_n_test), nms_thresh)
-
-
-def _transform(min_size, max_size: int) -> GeneralizedRCNNTransform:
-    """Resize (training: short side drawn from `min_size`; test: its last entry) and CLIP normalisation."""
-    sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
-    return GeneralizedRCNNTransform(sizes, max_size, list(CLIP_MEAN), list(CLIP_STD))
-
-
-class ProposalNetwork(nn.Module):
-    """Class-agnostic proposal network: transform + CLIPBackbone + RPN (the paper's offline RPN, trained on base
-    boxes). Training: `model(images, targets)` -> {"loss_objectness", "loss_rpn_box_reg"}. Eval: `model(images)`
-    -> B tensors (R_i, 4) xyxy pixels of the images passed in, sorted by objectness (at most post_nms_top_n_test).
-
-    Args:
-        visual: open_clip ModifiedResNet (its stem..layer3 are shared, not copied).
-        min_size, max_size: resize of GeneralizedRCNNTransform (int or tuple of training short sides).
-        rpn_kwargs: keyword arguments of torchvision's RPN (see `_rpn`).
-    Images: list of (3, H, W) float RGB in [0, 1], any size (resized and CLIP-normalised inside).
-    """
-
-    def __init__(self, visual: nn.Module, *, min_size, max_size: int, **rpn_kwargs):
-        super().__init__()
-        self.transform = _transform(min_size, max_size)
-        self.backbone = CLIPBackbone(visual)
-        self.rpn = _rpn(self.backbone.out_channels, **rpn_kwargs)
-
-    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
-        original_sizes = [tuple(im.shape[-2:]) for im in images]
-        image_list, targets = self.transform(images, targets)
-        boxes, losses = self.rpn(image_list, {"0": self.backbone(image_list.tensors)}, targets)
-        if self.training:
-            return losses
-        out = self.transform.postprocess([{"boxes": b} for b in boxes], image_list.image_sizes, original_sizes)
-        return [o["boxes"] for o in out]  # B x (R_i, 4) in the input images' pixels
-
-
-class FrozenRPN(nn.Module):
-    """A trained ProposalNetwork as the detector's RPN (offline mode): frozen, always eval, no loss.
-
-    GeneralizedRCNN calls rpn(images, features, targets) with `images` the detector's resized, CLIP-normalised
-    batch; this ignores `features` and runs the proposal network's own backbone on images.tensors, so the
-    ProposalNetwork should have been trained at the detector's min_size (both normalise with CLIP mean/std).
-    Returns the top_k_train (detector in train mode) or top_k_test highest-objectness proposals per image, xyxy
-    pixels of the resized image."""
-
-    def __init__(self, proposal_network: ProposalNetwork, *, top_k_train: int, top_k_test: int):
-        super().__init__()
-        self.net = proposal_network.requires_grad_(False).eval()
-        self.top_k_train, self.top_k_test = top_k_train, top_k_test
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.net.eval()
-        return self
-
-    def forward(self, images, features=None, targets=None):
-        with torch.no_grad():
-            boxes, _ = self.net.rpn(images, {"0": self.net.backbone(images.tensors)})
-        k = self.top_k_train if self.training else self.top_k_test
-        return [b[:k] for b in boxes], {}
-
-
 def build_detector(visual: nn.Module, class_embeddings: torch.Tensor, *, min_size=800, max_size: int = 1333,
                    anchor_sizes=(32, 64, 128, 256, 512), aspect_ratios=(0.5, 1.0, 2.0),
                    rpn_pre_nms_top_n_train: int = 2000, rpn_pre_nms_top_n_test: int = 1000,
@@ -342,7 +197,7 @@ def build_detector(visual: nn.Module, class_embeddings: torch.Tensor, *, min_siz
     backbone = CLIPBackbone(visual)
     box_head = CLIPBoxHead(visual)
     if offline_rpn is None:
-        rpn = _rpn(backbone.out_channels, anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios,
+        rpn = make_rpn(backbone.out_channels, anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios,
                    pre_nms_top_n_train=rpn_pre_nms_top_n_train, pre_nms_top_n_test=rpn_pre_nms_top_n_test,
                    post_nms_top_n_train=rpn_post_nms_top_n_train, post_nms_top_n_test=rpn_post_nms_top_n_test,
                    nms_thresh=rpn_nms_thresh, batch_size_per_image=rpn_batch_size_per_image)
@@ -353,59 +208,27 @@ def build_detector(visual: nn.Module, class_embeddings: torch.Tensor, *, min_siz
                               0.5, 0.5, box_batch_size_per_image, box_positive_fraction, None,  # fg/bg IoU 0.5
                               box_score_thresh, box_nms_thresh, detections_per_img,
                               focal_gamma=focal_gamma, background_weight=background_weight, nms=box_nms)
-    return GeneralizedRCNN(backbone, rpn, roi_heads, _transform(min_size, max_size))
+    return GeneralizedRCNN(backbone, rpn, roi_heads, make_transform(min_size, max_size))
+
+
+class TrainingStep(nn.Module):
+    """A detector (or ProposalNetwork) as engine.train calls a model: (batch (images, targets), g) -> its dict of
+    losses, the batch moved to `device`."""
+
+    def __init__(self, model, device):
+        super().__init__()
+        self.model, self.device = model, device
+
+    def forward(self, batch, g):
+        images, targets = batch
+        return self.model([im.to(self.device) for im in images],
+                          [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)}
+                           for t in targets])
 
 
 def set_vocabulary(detector: GeneralizedRCNN, class_embeddings: torch.Tensor) -> None:
     """Swap the detector's classes, e.g. base -> base + novel names at test: K changes, no weight does."""
     detector.roi_heads.box_predictor.set_class_embeddings(class_embeddings)
-
-
-def _visual(model_name: str, device) -> nn.Module:
-    clip, _ = load_clip(model_name, None, device=device)  # architecture only; weights come from the checkpoint
-    return clip.visual
-
-
-def load_rpn(checkpoint_path, device="cpu") -> ProposalNetwork:
-    """A ProposalNetwork from a train_detect.py --task rpn checkpoint (safe load), frozen and in eval mode."""
-    state = load_checkpoint(checkpoint_path, map_location=device)
-    if state.get("kind") != "rpn":
-        raise ValueError(f"{checkpoint_path} is not a proposal-network checkpoint (kind {state.get('kind')!r}); "
-                         f"train one with: python train_detect.py --preset toy-rpn")
-    net = ProposalNetwork(_visual(state["model_name"], device), **state["rpn_kwargs"]).to(device)
-    net.load_state_dict(state["model"])
-    return net.requires_grad_(False).eval()
-
-
-@torch.no_grad()
-def propose(rpn: ProposalNetwork, images, top_k: int, *, clip_normalized: bool = False,
-            nms_thresh: float | None = None, with_scores: bool = False) -> list[torch.Tensor]:
-    """Class-agnostic proposals for RegionCLIP pretraining (Sec. 3.1: RPN boxes, e.g. NMS 0.5, top 300).
-
-    Args:
-        rpn: from `load_rpn`.
-        images: (B, 3, H, W) tensor or list of (3, H_i, W_i), float RGB at any scale: in [0, 1], or CLIP-normalised
-            if `clip_normalized` (undone here). The network resizes them to its own min_size internally.
-        top_k: at most this many boxes per image, highest objectness first.
-        nms_thresh: an extra NMS at this IoU (the RPN's own NMS is 0.7), or None.
-        with_scores: append each box's objectness in [0, 1] as a fifth column (the proposals-file rows).
-    Returns:
-        B tensors (R_i, 4) (or (R_i, 5) with scores), R_i <= top_k, float32 xyxy absolute pixels of the images
-        passed in, highest objectness first.
-    """
-    rpn.eval()
-    if clip_normalized:
-        mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-        std = torch.tensor(CLIP_STD).view(3, 1, 1)
-        images = [im * std.to(im) + mean.to(im) for im in images]  # back to [0, 1]
-    out = []
-    for boxes, scores in zip(rpn(list(images)), rpn.rpn.last_scores):  # B x (N_i, 4), (N_i,), objectness-sorted
-        if nms_thresh is not None:
-            keep = nms(boxes, scores, nms_thresh)  # (N_i',) indices, decreasing score
-            boxes, scores = boxes[keep], scores[keep]
-        boxes, scores = boxes[:top_k], scores[:top_k]
-        out.append(torch.cat([boxes, scores[:, None]], dim=1) if with_scores else boxes)  # (R_i, 5) or (R_i, 4)
-    return out
 
 
 def load_detector(checkpoint_path, *, vocabulary: str = "test", device="cpu", state: dict | None = None
@@ -417,9 +240,9 @@ def load_detector(checkpoint_path, *, vocabulary: str = "test", device="cpu", st
         raise ValueError(f"{checkpoint_path} is not a detector checkpoint (kind {state.get('kind')!r})")
     offline = None
     if state.get("rpn_kwargs") is not None:  # offline RPN: its weights are in state["model"] under rpn.net.*
-        offline = ProposalNetwork(_visual(state["rpn_model_name"], device), **state["rpn_kwargs"])
+        offline = ProposalNetwork(visual_of(state["rpn_model_name"], device), **state["rpn_kwargs"])
     emb = state["class_embeddings"][vocabulary]
-    detector = build_detector(_visual(state["model_name"], device), emb, offline_rpn=offline,
+    detector = build_detector(visual_of(state["model_name"], device), emb, offline_rpn=offline,
                               **state["detector_kwargs"]).to(device)
     detector.load_state_dict(state["model"])
     return detector.eval()
@@ -460,7 +283,7 @@ def detector_from_official(parts: official.DetectorParts, model_name: str, *, of
     vocabulary, unless `class_embeddings` (K, D) replaces them. The official model's zero
     background embedding is our constant zero background logit. Not mapped: its Detectron2 R50 RPN, so the
     proposals come from `offline_rpn`, one of our ProposalNetworks (a frozen offline RPN, as the official one is)."""
-    visual = load_official_visual(_visual(model_name, device), parts, model_name)
+    visual = load_official_visual(visual_of(model_name, device), parts, model_name)
     class_embeddings = parts.test_embeddings if class_embeddings is None else class_embeddings
     detector = build_detector(visual, class_embeddings, offline_rpn=offline_rpn, **detector_kwargs)
     detector.roi_heads.box_predictor.bbox_pred.load_state_dict(parts.bbox_pred, strict=True)

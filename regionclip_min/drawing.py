@@ -2,6 +2,8 @@
 zero-shot demo, and the toy benchmark's regions / detections grids."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import to_pil_image
@@ -100,3 +102,20 @@ def detection_grid(instances, image_root, detector_checkpoints: list, path, *, n
                                           out["scores"], None, is_novel=[novel[k] for k in labels], score_thresh=0.3,
                                           max_boxes=5, scale=3))
     _save_grid(panels, len(picks), path)
+
+
+@torch.no_grad()
+def draw_predictions(model, val: DetectionDataset, n: int, out_dir, novel_ids: list[int], device) -> None:
+    """The detector's predictions on the first `n` val images, drawn to out_dir/<image id>.png (novel names
+    marked)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    novel = set(novel_ids)
+    for i in range(min(n, len(val))):
+        if (item := val[i]) is None:
+            continue
+        image, target = item
+        pred = model([image.to(device)])[0]
+        labels = (pred["labels"] - 1).tolist()
+        draw_detections(image, pred["boxes"].cpu(), [val.category_names[k] for k in labels], pred["scores"].cpu(),
+                        out_dir / f"{target['image_id']}.png", is_novel=[val.category_ids[k] in novel for k in labels])

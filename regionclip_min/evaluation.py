@@ -8,28 +8,20 @@
 - `whole_image_accuracy`: image-level recognition of object-centric images (one object): `encode_image` at the
   size CLIP learned at, classified against the class names. Together with the GT-box accuracy on scenes this is the
   paper's Fig. 1(b): CLIP recognises whole images far better than regions.
-- `detect`, `detection_ap`, `ovd_ap`: open-vocabulary detection scored with pycocotools (Sec. 4.1): AP50 over novel,
-  base and all categories (the OVR-CNN protocol), COCO AP, and LVIS-style APr/APc/APf when categories carry a
-  "frequency"; `proposal_recall` for class-agnostic proposals. Drawing lives in `drawing.py`.
+- `region_detections`: zero-shot detection, RPN boxes named by the vocabulary.
+Detection is scored in scoring.py (COCO AP50 novel / base / all), drawing lives in drawing.py.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
-import json
-
 import torch
 import torch.nn.functional as F
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from regionclip_min.data import CLIP_MEAN, CLIP_STD, DetectionDataset, collate_detection
-from regionclip_min.detector import propose
+from regionclip_min.checkpoint import save_checkpoint
+from regionclip_min.data import DetectionDataset, collate_detection
 from regionclip_min.postprocess import select_detections
-from regionclip_min.runtime import poll_threads
+from regionclip_min.rpn import propose
+from regionclip_min.transforms import CLIP_MEAN, CLIP_STD
 
 
 def _normalise(images: list[torch.Tensor], scale: float) -> torch.Tensor:
@@ -82,7 +74,7 @@ def encode_regions(region_encoder, dataset: DetectionDataset, *, rpn=None, top_k
     Args:
         region_encoder: a `RegionEncoder` (eval mode is set here).
         dataset: DetectionDataset; images may have any size (`min_size` too: boxes come back in json pixels).
-        rpn: None for the ground-truth boxes, or a `detector.ProposalNetwork` (from `detector.load_rpn`).
+        rpn: None for the ground-truth boxes, or a `rpn.ProposalNetwork` (from `rpn.load_rpn`).
         top_k: proposals per image, highest objectness first.
         scale: enlargement of images and boxes before pooling.
         kinds: only images whose "kind" is in this tuple (None: all). max_images: only the first this many.
@@ -100,7 +92,6 @@ def encode_regions(region_encoder, dataset: DetectionDataset, *, rpn=None, top_k
                disable=not progress)
     for start, (images, targets) in zip(range(0, len(keep), batch_size), loader):
         bar.update(min(batch_size, len(keep) - start))  # bad images (skipped by the collate) count as seen
-        poll_threads()
         if not images:
             continue
         if rpn is None:
@@ -261,172 +252,38 @@ def whole_image_accuracy(clip_model, dataset: DetectionDataset, class_emb: torch
     return {"accuracy": hits / n if n else float("nan"), "n_images": n}
 
 
-# ---- detection: COCO AP50 novel/base/all (OVR-CNN protocol), COCO AP, LVIS-style APr/APc/APf, drawings ---------
-# Paper Sec. 4.1: open-vocabulary COCO is scored by AP50 (IoU 0.5, maxDets 100) over the novel, base and all
-# categories, detections from one detector over the whole (base + novel) vocabulary; LVIS by AP over its rare /
-# common / frequent groups. pycocotools scores each category independently, so a group's number is the mean of its
-# categories' APs. Convention for empty groups: a category with no ground-truth box in the evaluated images has an
-# undefined AP (nan) and is left out of its group's mean (a group of only such categories is nan); a category with
-# ground truth but no detection scores 0. LVIS-style here means COCOeval per category grouped by "frequency" (the
-# LVIS API's federated handling of unannotated categories is left out).
+FEATURE_KEYS = ("boxes", "embeddings", "image_ids", "category_ids", "objectness", "box_source", "model", "scale")
 
 
-@torch.no_grad()
-def detect(detector, dataset: DetectionDataset, *, batch_size: int = 8, max_images: int | None = None,
-           device="cpu", progress: bool = False, category_ids: list[int] | None = None) -> tuple[list[dict], list[int]]:
-    """COCO-format detections of a torchvision detector whose vocabulary is `dataset.category_names`.
-
-    Args:
-        detector: eval-mode outputs [{"boxes" (N, 4) xyxy pixels of the input image, "labels" (N,) in 1..K,
-            "scores" (N,)}] (eval mode is set here).
-        dataset: DetectionDataset (label k <-> category id dataset.category_ids[k - 1]).
-        max_images: only the first this many images (None: all).
-        category_ids: the category id of each label 1..K when the detector's vocabulary is not the dataset's
-            (e.g. its base categories only); default dataset.category_ids.
-    Returns:
-        (results [{"image_id", "category_id", "bbox": [x, y, w, h] pixels of the json's image, "score"}],
-         ids of the images that were run).
-    """
-    detector.eval()
-    category_ids = dataset.category_ids if category_ids is None else category_ids
-    n = len(dataset) if max_images is None else min(max_images, len(dataset))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size,
-                                         collate_fn=collate_detection)
-    results, image_ids = [], []
-    for images, targets in tqdm(loader, desc="detect", disable=not progress):
-        poll_threads()
-        if not images:
-            continue
-        outputs = detector([im.to(device) for im in images])
-        for image, target, out in zip(images, targets, outputs):
-            h, w = target["orig_size"].tolist()  # json size; the dataset may have enlarged the image
-            scale = torch.tensor([w / image.shape[-1], h / image.shape[-2]] * 2)  # (4,)
-            boxes = out["boxes"].cpu() * scale  # (N, 4) xyxy, json pixels
-            for (x1, y1, x2, y2), label, score in zip(boxes.tolist(), out["labels"].tolist(), out["scores"].tolist()):
-                results.append({"image_id": target["image_id"], "category_id": category_ids[label - 1],
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
-            image_ids.append(target["image_id"])
-    return results, image_ids
+def save_region_features(path, records: list[dict], category_ids: list[int], box_source: str, desc: str,
+                  scale: float) -> None:
+    """Region features as plain tensors and strings (loadable with torch.load(weights_only=True)):
+    boxes (N, 4) float32 xyxy json pixels; embeddings (N, D) float32, L2-normalised; image_ids (N,) int64;
+    category_ids (N,) int64 (the GT box's category, -1 for proposals); objectness (N,) float32 (1 for GT);
+    box_source "gt" | "rpn" | "image"; model (description); scale (pooling enlargement)."""
+    ids = torch.tensor(list(category_ids) + [-1], dtype=torch.int64)  # label -1 -> the last entry, -1
+    cat = (lambda key: torch.cat([r[key] for r in records])) if records else None
+    state = {"boxes": cat("boxes").float() if records else torch.zeros(0, 4),
+             "embeddings": cat("embeddings").float() if records else torch.zeros(0, 0),
+             "image_ids": torch.cat([torch.full((len(r["boxes"]),), r["image_id"], dtype=torch.int64)
+                                     for r in records]) if records else torch.zeros(0, dtype=torch.int64),
+             "category_ids": ids[cat("labels")] if records else torch.zeros(0, dtype=torch.int64),
+             "objectness": cat("objectness").float() if records else torch.zeros(0),
+             "box_source": box_source, "model": desc, "scale": float(scale)}
+    save_checkpoint(path, state)
+    print(f"region features of {len(state['boxes'])} boxes written to {path} (keys: {', '.join(FEATURE_KEYS)})")
 
 
-def _coco_gt(gt) -> COCO:
-    """A pycocotools COCO from a json path or dict; fills "area" (w*h) and "iscrowd" (0) where missing."""
-    if isinstance(gt, dict):
-        data = copy.deepcopy(gt)
-    else:
-        with open(gt, encoding="utf-8") as f:
-            data = json.load(f)
-    for ann in data["annotations"]:
-        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
-        ann.setdefault("iscrowd", 0)
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+MAX_NAMED_AS_LINES = 20  # categories printed in the GT-box confusion list (LVIS has 1,203)
 
 
-def detection_ap(gt, results: list[dict], *, groups: dict[str, list[int]] | None = None,
-                 image_ids: list[int] | None = None, max_dets: int = 100) -> dict:
-    """Per-category AP50 and AP (IoU 0.50:0.95) with pycocotools' COCOeval (bbox, all areas, `max_dets` per
-    image), and their means over each group of category ids.
-
-    Args:
-        gt: COCO instances json (path or dict). results: COCO-format detections (see `detect`).
-        groups: {name: category ids}; default {"all": every category of `gt`}.
-        image_ids: evaluate on these images only (default: all images of `gt`).
-    Returns:
-        {"ap50": {group: float}, "ap": {group: float}, "per_category": {category id: {"ap50", "ap"}}}, values in
-        [0, 1], nan where undefined (see the convention above).
-    """
-    coco = _coco_gt(gt)
-    groups = groups or {"all": sorted(coco.getCatIds())}
-    cat_ids = sorted({c for ids in groups.values() for c in ids})
-    image_ids = sorted(coco.getImgIds()) if image_ids is None else sorted(set(image_ids))
-    per_cat = {}
-    results = [r for r in results if r["category_id"] in set(cat_ids) and r["image_id"] in set(image_ids)]
-    if results:
-        with contextlib.redirect_stdout(io.StringIO()):
-            ev = COCOeval(coco, coco.loadRes(results), "bbox")
-            ev.params.catIds, ev.params.imgIds, ev.params.maxDets = cat_ids, image_ids, [1, 10, max_dets]
-            ev.evaluate()
-            ev.accumulate()
-        precision = torch.as_tensor(ev.eval["precision"])  # (T IoUs, R recalls, K cats, A areas, M maxDets)
-        for k, cid in enumerate(cat_ids):
-            p = precision[:, :, k, 0, -1]  # (T, R): area "all", maxDets max_dets; -1 = no ground truth
-            valid = p > -1
-            per_cat[cid] = {"ap50": p[0][valid[0]].mean().item() if valid[0].any() else float("nan"),
-                            "ap": p[valid].mean().item() if valid.any() else float("nan")}
-    else:  # no detection at all: 0 where there is ground truth, else undefined
-        n_gt = {c: len(coco.getAnnIds(imgIds=image_ids, catIds=[c], iscrowd=False)) for c in cat_ids}
-        per_cat = {c: {"ap50": 0.0, "ap": 0.0} if n_gt[c] else {"ap50": float("nan"), "ap": float("nan")}
-                   for c in cat_ids}
-
-    def mean(ids, key):
-        vals = [per_cat[c][key] for c in ids if per_cat[c][key] == per_cat[c][key]]  # drop nan
-        return sum(vals) / len(vals) if vals else float("nan")
-    return {"ap50": {g: mean(ids, "ap50") for g, ids in groups.items()},
-            "ap": {g: mean(ids, "ap") for g, ids in groups.items()}, "per_category": per_cat}
-
-
-def ovd_ap(gt, results: list[dict], *, novel_ids: list[int] | None = None, base_ids: list[int] | None = None,
-           image_ids: list[int] | None = None, max_dets: int = 100) -> dict:
-    """Open-vocabulary detection metrics (OVR-CNN / RegionCLIP protocol): AP50 and AP over novel, base and all.
-
-    Args:
-        gt: COCO instances json (path or dict) with ground truth of every category.
-        novel_ids, base_ids: category ids of each split; default from each category's "split" field
-            ("novel" / "base"). "all" = base + novel (COCO: the 65 of the 48/17 split, not all 80).
-        image_ids, max_dets: as `detection_ap`.
-    Returns:
-        {"ap50": {"novel", "base", "all"}, "ap": {"novel", "base", "all"}, "per_category": {name: {"ap50", "ap"}},
-         "n_images", "n_detections"}, plus "lvis": {"APr", "APc", "APf", "AP"} (IoU 0.50:0.95) when categories
-        carry "frequency" r/c/f. nan = undefined (no ground truth in that group; see above).
-    """
-    coco = _coco_gt(gt)
-    cats = coco.loadCats(coco.getCatIds())
-    if novel_ids is None:
-        novel_ids = [c["id"] for c in cats if c.get("split") == "novel"]
-    if base_ids is None:
-        base_ids = [c["id"] for c in cats if c.get("split") == "base"] or \
-            [c["id"] for c in cats if c["id"] not in set(novel_ids)]
-    groups = {"novel": list(novel_ids), "base": list(base_ids), "all": sorted(set(novel_ids) | set(base_ids))}
-    freq = {g: [c["id"] for c in cats if c.get("frequency") == g] for g in "rcf"}
-    if any(freq.values()):
-        groups.update({f"lvis_{g}": ids for g, ids in freq.items()})
-    out = detection_ap(coco.dataset, results, groups=groups, image_ids=image_ids, max_dets=max_dets)
-    names = {c["id"]: c["name"] for c in cats}
-    metrics = {"ap50": {g: out["ap50"][g] for g in ("novel", "base", "all")},
-               "ap": {g: out["ap"][g] for g in ("novel", "base", "all")},
-               "per_category": {names[c]: v for c, v in out["per_category"].items()},
-               "n_images": len(coco.getImgIds() if image_ids is None else set(image_ids)),
-               "n_detections": len(results)}
-    if any(freq.values()):
-        metrics["lvis"] = {"APr": out["ap"]["lvis_r"], "APc": out["ap"]["lvis_c"], "APf": out["ap"]["lvis_f"],
-                           "AP": out["ap"]["all"]}
-    return metrics
-
-
-def proposal_recall(proposals: list[torch.Tensor], gt_boxes: list[torch.Tensor], gt_novel: list[torch.Tensor], *,
-                    iou: float = 0.5) -> dict:
-    """Fraction of ground-truth boxes covered (IoU >= `iou`) by some proposal, over all / base / novel boxes.
-
-    Args:
-        proposals: per image (R_i, 4) xyxy; gt_boxes: per image (N_i, 4) xyxy in the same pixels;
-        gt_novel: per image (N_i,) bool, True for a novel-category box.
-    Returns:
-        {"all", "base", "novel"} recalls in [0, 1] (nan for a group without boxes) and "n_boxes".
-    """
-    hit, novel = [], []
-    for props, gts, nov in zip(proposals, gt_boxes, gt_novel):
-        if len(gts) == 0:
-            continue
-        best = box_iou(gts.float(), props.float()).amax(dim=1) if len(props) else gts.new_zeros(len(gts))  # (N_i,)
-        hit.append(best >= iou)
-        novel.append(nov.bool())
-    hit = torch.cat(hit) if hit else torch.zeros(0, dtype=torch.bool)
-    novel = torch.cat(novel) if novel else torch.zeros(0, dtype=torch.bool)
-
-    def rate(mask):
-        return hit[mask].float().mean().item() if mask.any() else float("nan")
-    return {"all": rate(torch.ones_like(novel)), "base": rate(~novel), "novel": rate(novel), "n_boxes": len(hit)}
+def print_named_as(table: dict, dataset: DetectionDataset, most: int = MAX_NAMED_AS_LINES) -> None:
+    """Prints how each category's GT boxes were named (novel categories first), at most `most` categories."""
+    split = dict(zip(dataset.category_names, dataset.category_splits))
+    cats = sorted(table, key=lambda c: split.get(c) != "novel")  # stable: dataset order within novel / the rest
+    print(f"\nGT boxes named as (the {min(most, len(cats))} of {len(cats)} categories listed here, novel first and "
+          f"marked *; all in the json's gt_box_named_as):")
+    for c in cats[:most]:
+        row = table[c]
+        names = ", ".join(f"{n} {k}" for n, k in row["named_as"].items())
+        print(f"  {c}{'*' if split.get(c) == 'novel' else ''} ({row['boxes']} boxes): {names}")

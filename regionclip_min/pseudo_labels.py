@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def pseudo_label(teacher_region_emb: torch.Tensor, concept_emb: torch.Tensor, tau: float = 0.01,
-                 threshold: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 threshold: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
     """Labels each region with its best-matching concept according to the teacher.
 
     Args:
@@ -40,6 +40,7 @@ def pseudo_label(teacher_region_emb: torch.Tensor, concept_emb: torch.Tensor, ta
         labels: (R,) int64, argmax concept index per region.
         teacher_probs: (R, C) float, q = softmax(cos / tau); each row sums to 1.
         keep: (R,) bool, max_c q > threshold; every region when none passes (see the module docstring).
+        all_kept: True when that fallback was taken (no region passed, at least one region).
     """
     if teacher_region_emb.dim() != 2 or concept_emb.dim() != 2 or teacher_region_emb.shape[1] != concept_emb.shape[1]:
         raise ValueError(f"expected (R, D) region and (C, D) concept embeddings, got {tuple(teacher_region_emb.shape)}"
@@ -51,6 +52,7 @@ def pseudo_label(teacher_region_emb: torch.Tensor, concept_emb: torch.Tensor, ta
     teacher_probs = (t @ l.t() / tau).softmax(dim=-1)  # (R, C)
     conf, labels = teacher_probs.max(dim=-1) if len(t) else (t.new_zeros(0), t.new_zeros(0, dtype=torch.long))
     keep = conf > threshold  # (R,)
-    if not keep.any():
+    all_kept = len(keep) > 0 and not keep.any()
+    if all_kept:
         keep = conf > 0  # the official fallback: all regions
-    return labels, teacher_probs, keep
+    return labels, teacher_probs, keep, all_kept

@@ -1,4 +1,4 @@
-"""Region proposals and region embeddings from a CLIP ResNet (RegionCLIP, Sec. 3.1 and Sec. 3.3).
+"""Region embeddings from a CLIP ResNet (RegionCLIP, Sec. 3.1 and Sec. 3.3); proposals are in proposals.py.
 
 Paper: "Visual region representation" (Sec. 3.1): proposals come from an RPN trained on base-category boxes
 (or, as the authors report nearly as good, random boxes); the image goes through the CLIP ResNet up to res4,
@@ -24,9 +24,7 @@ resizing of the attention pool's positional embedding (regions are always pooled
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -36,12 +34,84 @@ from torchvision.ops import roi_align
 STRIDE = 16  # res4 (output of layer3) stride of CLIP's ModifiedResNet: stem 4, layer2 2, layer3 2
 
 
-class RegionEncoder(nn.Module):
+class FrozenBatchNorm(nn.Module):
+    """Base of every module that runs CLIP ResNet parts (RegionEncoder, the detector's backbone and box head):
+    BatchNorm is frozen, as in the paper. `freeze_batchnorm()` (call it at the end of __init__) sets its affine
+    parameters to requires_grad=False, and every BatchNorm stays in eval mode whatever `train()` is told."""
+
+    def freeze_batchnorm(self, mode: bool | None = None) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.requires_grad_(False)
+        self.train(self.training if mode is None else mode)
+
+    def train(self, mode: bool = True):
+        """Set train/eval mode, but keep every BatchNorm in eval mode (frozen statistics)."""
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+
+def pooler_size(attnpool: nn.Module) -> int:
+    """P = twice the attention pool's grid: layer4 (stride 2) brings a P x P region back to that grid."""
+    tokens = attnpool.positional_embedding.shape[0]  # grid * grid + 1 (the mean token)
+    grid = math.isqrt(tokens - 1)
+    if grid * grid != tokens - 1:
+        raise ValueError(f"attnpool positional embedding has {tokens} rows, not grid**2 + 1")
+    return 2 * grid
+
+
+def res4(m: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The res4 map of a ModifiedResNet's parts (`m` has its conv1..avgpool and layer1..layer3, under open_clip's
+    names): CLIP's stem (3 convs + 2x2 avgpool, stride 4) then layer1..layer3, in open_clip's order.
+
+    Args:
+        images: (B, 3, H, W) float, CLIP-normalised; H and W multiples of 16 (32 for `encode_image` parity).
+    Returns:
+        (B, C4, H/16, W/16) float (C4 = 1024 for RN50, 256 for RN-toy).
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    x = m.act1(m.bn1(m.conv1(images)))  # (B, w/2, H/2, W/2), w = stem width
+    x = m.act2(m.bn2(m.conv2(x)))  # (B, w/2, H/2, W/2)
+    x = m.avgpool(m.act3(m.bn3(m.conv3(x))))  # (B, w, H/4, W/4)
+    x = m.layer1(x)  # (B, C1, H/4, W/4)
+    x = m.layer2(x)  # (B, C2, H/8, W/8)
+    return m.layer3(x)  # (B, C4, H/16, W/16)
+
+
+def roi_pool(fmap: torch.Tensor, boxes_list: list[torch.Tensor], size: int, sampling_ratio: int = 0) -> torch.Tensor:
+    """RoIAlign (aligned=True, scale 1/16) of every box on its own image's res4 map.
+
+    Args:
+        fmap: (B, C4, H/16, W/16) from `res4`.
+        boxes_list: B tensors, the i-th (R_i, 4) float xyxy in absolute pixels of image i (R_i may be 0).
+        size: P, the pooled side (`pooler_size`); sampling_ratio: samples per bin side, 0 = adaptive.
+    Returns:
+        (R, C4, P, P), R = sum_i R_i, regions in the order of boxes_list.
+    """
+    if fmap.ndim != 4:
+        raise ValueError(f"fmap must be (B, C4, H/16, W/16), got {tuple(fmap.shape)}")
+    check_boxes(boxes_list, fmap.shape[0])
+    rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1)  # (R_i, 5): image index, xyxy
+                      for i, b in enumerate(boxes_list)]).to(fmap)  # (R, 5)
+    return roi_align(fmap, rois, (size, size), 1.0 / STRIDE, sampling_ratio, True)  # (R, C4, P, P)
+
+
+def res5_head(layer4: nn.Module, attnpool: nn.Module, pooled: torch.Tensor) -> torch.Tensor:
+    """CLIP's res5 (layer4) and attention pool on pooled regions (R, C4, P, P): the region embeddings v_i (Sec.
+    3.1), (R, D), NOT normalised (as `encode_image`)."""
+    return in_chunks(lambda x: attention_pool(attnpool, layer4(x)), pooled)  # (R, D)
+
+
+class RegionEncoder(FrozenBatchNorm):
     """Region embeddings from an open_clip ModifiedResNet: res4 map -> RoIAlign -> layer4 -> attnpool.
 
-    BatchNorm is frozen, as in the paper: every BatchNorm layer stays in eval mode whatever `train()` is told,
-    and its affine parameters get requires_grad=False at construction. The encoder shares (does not copy)
-    the modules of `visual`; calling `.train()` on the CLIP model that owns `visual` bypasses this override.
+    BatchNorm is frozen (FrozenBatchNorm). The encoder shares (does not copy) the modules of `visual`; calling
+    `.train()` on the CLIP model that owns `visual` bypasses this override. The detector (detector.py) is built
+    from the same parts: `res4`, `roi_pool`, `res5_head`.
 
     Args:
         visual: `model.visual` of an open_clip CLIP model with a ModifiedResNet image tower (RN50, RN-toy, ...).
@@ -54,73 +124,23 @@ class RegionEncoder(nn.Module):
             raise TypeError(f"RegionEncoder needs an open_clip ModifiedResNet, got {type(visual).__name__}")
         self.visual = visual
         self.sampling_ratio = sampling_ratio
-        tokens = visual.attnpool.positional_embedding.shape[0]  # grid * grid + 1 (the mean token)
-        grid = math.isqrt(tokens - 1)
-        if grid * grid != tokens - 1:
-            raise ValueError(f"attnpool positional embedding has {tokens} rows, not grid**2 + 1")
-        self.pooler_size = 2 * grid  # P: layer4 halves it back to the attnpool grid
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.requires_grad_(False)
-        self.train(visual.training)  # adopt the tower's mode; BatchNorm goes to eval here, once
-
-    def train(self, mode: bool = True) -> "RegionEncoder":
-        """Set train/eval mode, but keep every BatchNorm in eval mode (frozen statistics)."""
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
+        self.pooler_size = pooler_size(visual.attnpool)
+        self.freeze_batchnorm(visual.training)  # adopt the tower's mode; BatchNorm goes to eval here, once
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        """Res4 feature map: CLIP's stem (3 convs + 2x2 avgpool, stride 4) then layer1..layer3, exactly as
-        open_clip's ModifiedResNet.forward runs them.
-
-        Args:
-            images: (B, 3, H, W) float, CLIP-normalised; H and W multiples of 16 (32 for `encode_image` parity).
-
-        Returns:
-            (B, C4, H/16, W/16) float (C4 = 1024 for RN50, 256 for RN-toy).
-        """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-        v = self.visual
-        x = v.stem(images)  # (B, C1/4, H/4, W/4)
-        x = v.layer1(x)  # (B, C1, H/4, W/4)
-        x = v.layer2(x)  # (B, C2, H/8, W/8)
-        return v.layer3(x)  # (B, C4, H/16, W/16)
+        """Res4 feature map (B, C4, H/16, W/16) of CLIP-normalised images (B, 3, H, W): `res4`."""
+        return res4(self.visual, images)
 
     def pool(self, fmap: torch.Tensor, boxes_list: list[torch.Tensor]) -> torch.Tensor:
-        """RoIAlign (aligned=True, scale 1/16) of every box on its own image's res4 map.
-
-        Args:
-            fmap: (B, C4, H/16, W/16) from `feature_map`.
-            boxes_list: B tensors, the i-th (R_i, 4) float xyxy in absolute pixels of image i (R_i may be 0).
-
-        Returns:
-            (R, C4, P, P), R = sum_i R_i, regions in the order of boxes_list.
-        """
-        if fmap.ndim != 4:
-            raise ValueError(f"fmap must be (B, C4, H/16, W/16), got {tuple(fmap.shape)}")
-        check_boxes(boxes_list, fmap.shape[0])
-        rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1)  # (R_i, 5): image index, xyxy
-                          for i, b in enumerate(boxes_list)]).to(fmap)  # (R, 5)
-        P = self.pooler_size
-        return roi_align(fmap, rois, (P, P), 1.0 / STRIDE, self.sampling_ratio, True)  # (R, C4, P, P)
+        """(R, C4, P, P) regions of `boxes_list` on `fmap`: `roi_pool`."""
+        return roi_pool(fmap, boxes_list, self.pooler_size, self.sampling_ratio)
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """CLIP's res5 (layer4) and attention pool on pooled regions: the region embedding v_i (Sec. 3.1).
-
-        Args:
-            pooled: (R, C4, P, P) from `pool`.
-
-        Returns:
-            (R, D) float, NOT normalised (as `encode_image`).
-        """
+        """(R, D) region embeddings of pooled regions (R, C4, P, P): `res5_head`."""
         P = self.pooler_size
         if pooled.ndim != 4 or tuple(pooled.shape[-2:]) != (P, P):
             raise ValueError(f"pooled regions must be (R, C4, {P}, {P}), got {tuple(pooled.shape)}")
-        return in_chunks(lambda x: attention_pool(self.visual.attnpool, self.visual.layer4(x)), pooled)  # (R, D)
+        return res5_head(self.visual.layer4, self.visual.attnpool, pooled)
 
     def forward(self, images: torch.Tensor, boxes_list: list[torch.Tensor]) -> torch.Tensor:
         """Region embeddings of `boxes_list` on `images`: head(pool(feature_map(images), boxes_list)).
@@ -134,6 +154,27 @@ class RegionEncoder(nn.Module):
         """
         check_boxes(boxes_list, images.shape[0])  # before the expensive trunk
         return self.head(self.pool(self.feature_map(images), boxes_list))  # (R, D)
+
+
+class CLIPBackbone(FrozenBatchNorm):
+    """CLIP ModifiedResNet stem..layer3 as a one-level torchvision backbone: (B, 3, H, W) CLIP-normalised ->
+    (B, C4, H/16, W/16) (`regions.res4`). Shares (does not copy) the modules of `visual` and keeps their upstream
+    names, so `backbone.state_dict()` keys are `visual`'s (conv1.weight, layer3.0.bn1...). Stem and layer1 are
+    frozen (`freeze_stem_and_layer1`, the paper's student convention); BatchNorm is always frozen."""
+
+    def __init__(self, visual: nn.Module, *, freeze_stem_and_layer1: bool = True):
+        super().__init__()
+        for name in ("conv1", "bn1", "act1", "conv2", "bn2", "act2", "conv3", "bn3", "act3", "avgpool",
+                     "layer1", "layer2", "layer3"):
+            setattr(self, name, getattr(visual, name))
+        self.out_channels = visual.layer3[-1].bn3.num_features  # C4 (torchvision reads this attribute)
+        if freeze_stem_and_layer1:
+            for name in ("conv1", "conv2", "conv3", "layer1"):
+                getattr(self, name).requires_grad_(False)
+        self.freeze_batchnorm()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return res4(self, images)  # (B, C4, H/16, W/16)
 
 
 class CropEncoder(nn.Module):
@@ -262,119 +303,3 @@ def whole_image_boxes(images: torch.Tensor) -> list[torch.Tensor]:
     B, _, H, W = images.shape
     box = torch.tensor([[0.0, 0.0, float(W), float(H)]], device=images.device)  # (1, 4)
     return [box.clone() for _ in range(B)]
-
-
-def random_boxes(num: int, height: int, width: int, *, generator: torch.Generator | None = None,
-                 min_size: float = 16.0, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Random proposals inside the image (the paper's RPN-free alternative, Sec. 4 ablation).
-
-    Side lengths are log-uniform in [min_size, image side] (small boxes as likely per octave as large ones),
-    positions uniform so that the box lies inside the image.
-
-    Args:
-        num: number of boxes (>= 0).
-        height, width: image size in pixels.
-        generator: seeded torch.Generator (on CPU) for reproducible boxes.
-        min_size: smallest box side in pixels (default one res4 cell); must fit in the image.
-        device: device of the returned tensor.
-
-    Returns:
-        (num, 4) float32 xyxy absolute pixels with 0 <= x1 < x2 <= width, 0 <= y1 < y2 <= height.
-    """
-    if num < 0 or not 0 < min_size <= min(height, width):
-        raise ValueError(f"need num >= 0 and 0 < min_size <= min(height, width); got {num}, {min_size}, "
-                         f"{height}x{width}")
-    u = torch.rand(num, 4, generator=generator)  # (num, 4) in [0, 1)
-    lo = math.log(min_size)
-    w = torch.exp(lo + u[:, 0] * (math.log(width) - lo))  # (num,)
-    h = torch.exp(lo + u[:, 1] * (math.log(height) - lo))  # (num,)
-    x1 = u[:, 2] * (width - w)  # (num,)
-    y1 = u[:, 3] * (height - h)  # (num,)
-    boxes = torch.stack([x1, y1, x1 + w, y1 + h], dim=1)  # (num, 4)
-    return boxes.clamp_(min=0).clamp_(max=torch.tensor([width, height, width, height])).to(device)
-
-
-def grid_boxes(height: int, width: int, *, levels: tuple[int, ...] = (1, 2, 4),
-               device: str | torch.device = "cpu") -> torch.Tensor:
-    """A multi-scale grid of proposals: for each n in `levels`, the image cut into n x n equal cells.
-
-    Args:
-        height, width: image size in pixels.
-        levels: cells per side at each scale (1 = the whole image).
-        device: device of the returned tensor.
-
-    Returns:
-        (sum n^2, 4) float32 xyxy absolute pixels, coarse levels first, row-major within a level.
-    """
-    out = []
-    for n in levels:
-        xs = torch.linspace(0, width, n + 1)  # (n+1,)
-        ys = torch.linspace(0, height, n + 1)  # (n+1,)
-        y1, x1 = torch.meshgrid(ys[:-1], xs[:-1], indexing="ij")  # (n, n) each
-        y2, x2 = torch.meshgrid(ys[1:], xs[1:], indexing="ij")  # (n, n) each
-        out.append(torch.stack([x1, y1, x2, y2], dim=-1).reshape(-1, 4))  # (n*n, 4)
-    return torch.cat(out).to(device)  # (sum n^2, 4)
-
-
-def window_boxes(height: int, width: int, *, fractions: tuple[float, ...] = (1.0, 0.7, 0.5, 0.35, 0.25),
-                 ratios: tuple[float, ...] = (1.0, 2.0, 0.5), min_size: float = 16.0,
-                 device: str | torch.device = "cpu") -> torch.Tensor:
-    """Multi-scale sliding windows, proposals that need no training (the demo's fallback without an RPN): for
-    each fraction f of the short side and aspect ratio r (width / height), windows of area (f * short)^2 and shape
-    r, stepped by half their side across the image (the last one flush with the far edge), clipped to the image.
-
-    Returns:
-        (N, 4) float32 xyxy absolute pixels, large windows first; duplicates removed.
-    """
-    short, out = min(height, width), []
-    for f in fractions:
-        for r in ratios:
-            w, h = min(width, f * short * r ** 0.5), min(height, f * short / r ** 0.5)
-            if min(w, h) < min_size:
-                continue
-            xs = torch.arange(0, max(width - w, 0) + 1e-6, w / 2).tolist()
-            ys = torch.arange(0, max(height - h, 0) + 1e-6, h / 2).tolist()
-            xs += [width - w] if xs[-1] < width - w - 1 else []
-            ys += [height - h] if ys[-1] < height - h - 1 else []
-            out += [(round(x, 1), round(y, 1), round(x + w, 1), round(y + h, 1)) for y in ys for x in xs]
-    return torch.tensor(list(dict.fromkeys(out)), dtype=torch.float32, device=device).reshape(-1, 4)  # (N, 4)
-
-
-def load_proposals_file(path: str | os.PathLike) -> dict[int, torch.Tensor]:
-    """Read precomputed proposals: a json object {image id: [[x1, y1, x2, y2, score], ...]}.
-
-    Args:
-        path: json file; ids are COCO image ids (json keys are strings, so "12" means image 12), boxes xyxy
-            absolute pixels of the original image.
-
-    Returns:
-        {image id: (N, 5) float32 [x1, y1, x2, y2, score]}; an image with no proposals gives (0, 5).
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid json ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a json object {{image id: [[x1, y1, x2, y2, score], ...]}}")
-    out = {}
-    for key, rows in data.items():
-        try:
-            image_id = int(key)
-        except ValueError:
-            raise ValueError(f"{path}: image id {key!r} is not an integer") from None
-        if image_id in out:
-            raise ValueError(f"{path}: image id {image_id} appears twice")
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: image {image_id}: expected a list of [x1, y1, x2, y2, score] rows")
-        for j, row in enumerate(rows):
-            ok = isinstance(row, list) and len(row) == 5
-            ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)
-            if not ok:
-                raise ValueError(f"{path}: image {image_id}, row {j}: expected [x1, y1, x2, y2, score], got {row!r}")
-            if not all(math.isfinite(v) for v in row):
-                raise ValueError(f"{path}: image {image_id}, row {j}: non-finite value in {row!r}")
-            if not (row[2] > row[0] and row[3] > row[1]):
-                raise ValueError(f"{path}: image {image_id}, row {j}: need x2 > x1 and y2 > y1, got {row!r}")
-        out[image_id] = torch.tensor(rows, dtype=torch.float32).reshape(-1, 5)  # (N, 5)
-    return out

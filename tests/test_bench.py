@@ -9,6 +9,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import run as bench  # noqa: E402
 
+from benchmarks import detector_ap, measure  # noqa: E402
+
 
 def test_quick_bench_writes_every_cpu_section(tmp_path):
     res = bench.main(["--quick", "--out", str(tmp_path)])
@@ -33,7 +35,7 @@ def test_quick_bench_writes_every_cpu_section(tmp_path):
 
 def test_flop_bound_matches_arithmetic_on_rn_toy():
     """The bound is FLOPs(crops) / FLOPs(ours): R crops cost R whole-tower passes."""
-    model, _ = bench._model("RN-toy", torch.device("cpu"))
+    model, _ = measure.random_model("RN-toy", torch.device("cpu"))
     image = torch.randn(1, 3, 128, 128)
     boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0], [10.0, 20.0, 100.0, 120.0]])
     with torch.no_grad():
@@ -69,12 +71,12 @@ def test_detector_ap_resumes_a_killed_run_of_the_same_settings_only(tmp_path):
     cfg = {"init": str(init), "max_steps": 300, "seed": 0, "box_batch_size_per_image": 512, "roi_sampling_ratio": 2,
            "rpn_post_nms_top_n_train": 2000, "rpn_pre_nms_top_n_train": 2000}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    assert bench._same_run(tmp_path, init, 300, kw, finished=False)  # killed before results.json: resume it
-    assert not bench._same_run(tmp_path, init, 300, kw)  # not finished: not read as a result
-    assert not bench._same_run(tmp_path, init, 300, bench.DETECTOR_SAMPLING["ours"], finished=False)
+    assert detector_ap.same_run(tmp_path, init, 300, kw, finished=False)  # killed before results.json: resume it
+    assert not detector_ap.same_run(tmp_path, init, 300, kw)  # not finished: not read as a result
+    assert not detector_ap.same_run(tmp_path, init, 300, bench.DETECTOR_SAMPLING["ours"], finished=False)
     (tmp_path / "results.json").write_text("{}")
-    assert bench._same_run(tmp_path, init, 300, kw)
-    assert not bench._same_run(tmp_path, init, 300, kw, seed=1)  # another seed's run is not this one
+    assert detector_ap.same_run(tmp_path, init, 300, kw)
+    assert not detector_ap.same_run(tmp_path, init, 300, kw, seed=1)  # another seed's run is not this one
 
 
 def test_detector_ap_table_shows_the_closed_vocabulary_ap_when_recorded(tmp_path, monkeypatch):
@@ -100,11 +102,11 @@ def test_detector_ap_table_gives_mean_and_std_over_the_seeds_of_each_setting(tmp
     path.write_text(json.dumps({"init": "clip.pt", "steps": 300, "runs": {
         "ours": {"seeds": {"0": rec(0.50, 100), "1": rec(0.60, 200), "2": rec(0.55, 300)}},
         "old": {"train_seconds": 400, "ap50": {"novel": 0.4, "base": 0.8, "all": 0.7}}}}))
-    a = bench._read_detector_ap(path)
+    a = detector_ap.read_detector_ap(path)
     assert list(a["runs"]["old"]["seeds"]) == ["0"]  # a record from before seeds reads as seed 0
-    md = bench.detector_ap_table(a)
+    md = detector_ap.detector_ap_table(a)
     assert "| ours | 0,1,2 | 200 | 55.0 ± 5.0 | 80.0 ± 0.0 | 70.0 ± 0.0 | — |" in md
     assert "| old | 0 | 400 | 40.0 | 80.0 | 70.0 | — |" in md
     path.write_text("{not json")
     with pytest.raises(SystemExit, match="bench-detector-ap.json: not valid JSON"):
-        bench._read_detector_ap(path)
+        detector_ap.read_detector_ap(path)

@@ -7,10 +7,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from regionclip_min.data import (
-    CLIP_MEAN, CLIP_STD, DetectionDataset, ImageCaptionDataset, boxes_to_resized, collate_detection,
-    collate_image_caption, flip_valid, hflip, image_transform, normalize, open_rgb,
-)
+from regionclip_min.data import DetectionDataset, ImageCaptionDataset, collate_detection, collate_image_caption
+from regionclip_min.transforms import (CLIP_MEAN, CLIP_STD, boxes_to_resized, flip_valid, hflip, image_transform,
+                                       normalize, open_rgb)
 
 RED = (255, 0, 0)
 

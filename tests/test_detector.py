@@ -1,4 +1,4 @@
-"""The open-vocabulary detector (regionclip_min/detector.py) and the detection metrics (evaluation.py), issue 5."""
+"""The open-vocabulary detector (regionclip_min/detector.py) and the detection metrics (scoring.py), issue 5."""
 import json
 import math
 
@@ -9,11 +9,12 @@ import torchvision.models.detection.roi_heads
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from regionclip_min.clip_model import load_clip
-from regionclip_min.detector import (AlignedRoIPool, FocalRoIHeads, ProposalNetwork, TextEmbeddingPredictor,
-                                     build_detector, propose, set_vocabulary)
+from regionclip_min.detector import (AlignedRoIPool, FocalRoIHeads, TextEmbeddingPredictor, build_detector,
+                                     set_vocabulary)
 from regionclip_min.drawing import draw_detections
-from regionclip_min.evaluation import detect, detection_ap, ovd_ap, proposal_recall
 from regionclip_min.regions import RegionEncoder
+from regionclip_min.rpn import ProposalNetwork, propose
+from regionclip_min.scoring import detect, detection_ap, ovd_ap, proposal_recall
 
 TOY = dict(min_size=256, max_size=256, anchor_sizes=(32, 64, 128, 256), rpn_post_nms_top_n_train=50,
            rpn_post_nms_top_n_test=50, box_batch_size_per_image=16)

@@ -7,11 +7,12 @@ import torch
 from PIL import Image
 
 import eval_zeroshot
-from regionclip_min.concepts import read_names
 import train_detect
 from regionclip_min.clip_model import load_clip
+from regionclip_min.concepts import read_names
 from regionclip_min.data import DetectionDataset
-from regionclip_min.evaluation import encode_regions, gt_box_accuracy, named_as, region_detections, top1_accuracy
+from regionclip_min.evaluation import (FEATURE_KEYS, encode_regions, gt_box_accuracy, named_as, region_detections,
+                                       top1_accuracy)
 from regionclip_min.regions import RegionEncoder
 
 
@@ -92,7 +93,7 @@ def test_gt_mode_from_main_writes_table_json_and_features(toy_world, stage0_run,
     assert sum(row["boxes"] for row in named.values()) == acc["n_boxes"]
     assert all(sum(row["named_as"].values()) <= row["boxes"] for row in named.values())
     f = torch.load(feats, weights_only=True)
-    assert set(f) == set(eval_zeroshot.FEATURE_KEYS) and f["box_source"] == "gt"
+    assert set(f) == set(FEATURE_KEYS) and f["box_source"] == "gt"
     n = acc["n_boxes"]
     assert f["boxes"].shape == (n, 4) and f["embeddings"].shape == (n, 64) and f["image_ids"].shape == (n,)
     assert torch.allclose(f["embeddings"].norm(dim=-1), torch.ones(n), atol=1e-5)
@@ -105,7 +106,7 @@ def test_rpn_mode_from_main_scores_ap50(toy_world, stage0_run, rpn_ckpt, tmp_pat
     out, feats = tmp_path / "rpn.json", tmp_path / "rpn_feats.pt"
     res = eval_zeroshot.main(["--checkpoint", str(stage0_run / "final.pt"), "--instances",
                               toy_world["instances_val_all"], "--templates", "single", "--boxes", "rpn",
-                              "--rpn_checkpoint", str(rpn_ckpt), "--top_k", "10", "--max_images", "6",
+                              "--rpn_checkpoint", str(rpn_ckpt), "--rpn_top_k", "10", "--eval_max_images", "6",
                               "--out", str(out), "--save_region_features", str(feats)])
     assert res["n_images"] == 6 and res["kinds"] == "all"
     for k in ("novel", "base", "all"):
@@ -125,7 +126,7 @@ def test_detector_checkpoint_uses_its_box_head_and_the_init_text_encoder(toy_wor
                        "--warmup_steps", "1", "--max_steps", "2", "--rpn_post_nms_top_n_train", "30",
                        "--box_batch_size_per_image", "8", "--eval_max_images", "2", "--draw_images", "0",
                        "--lr", "0.05"])
-    args = ["--instances", toy_world["instances_val_all"], "--templates", "single", "--max_images", "5"]
+    args = ["--instances", toy_world["instances_val_all"], "--templates", "single", "--eval_max_images", "5"]
     from_det = eval_zeroshot.main(["--checkpoint", str(det / "final.pt"), "--out", str(tmp_path / "a.json"), *args])
     from_clip = eval_zeroshot.main(["--checkpoint", str(stage0_run / "final.pt"), "--out", str(tmp_path / "b.json"),
                                     *args])
@@ -162,7 +163,7 @@ def test_vocabulary_must_name_every_dataset_category(toy_world, stage0_run, tmp_
     vocab = ",".join(["zebra"] + [n.upper() for n in reversed(ds.category_names)])  # reordered, a distractor
     res = eval_zeroshot.main(["--checkpoint", str(stage0_run / "final.pt"), "--instances",
                               toy_world["instances_val_all"], "--vocabulary", vocab, "--templates", "single",
-                              "--max_images", "4", "--out", str(tmp_path / "y.json")])
+                              "--eval_max_images", "4", "--out", str(tmp_path / "y.json")])
     assert res["vocabulary"][0] == "zebra" and res["gt_box_top1"]["n_boxes"] > 0
 
 
@@ -202,7 +203,7 @@ def test_demo_and_config_errors_are_clear(toy_world, stage0_run, rpn_ckpt, tmp_p
 
 def test_crop_region_encoder_differs_from_pooling_and_is_recorded(toy_world, stage0_run, tmp_path):
     common = ["--checkpoint", str(stage0_run / "final.pt"), "--instances", toy_world["instances_val_all"],
-              "--templates", "single", "--max_images", "6"]
+              "--templates", "single", "--eval_max_images", "6"]
     pooled = eval_zeroshot.main(common + ["--out", str(tmp_path / "pooled.json"), "--save-region-features",
                                           str(tmp_path / "pooled.pt")])
     crop = eval_zeroshot.main(common + ["--out", str(tmp_path / "crop.json"), "--region_encoder", "crop",

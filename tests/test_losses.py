@@ -132,18 +132,20 @@ def test_focal_scaling_down_weights_easy_examples():
 def test_pseudo_labels_pick_best_concept_and_threshold():
     l = torch.eye(4)  # (C, D)
     regions = torch.tensor([[1.0, 0, 0, 0], [0, 0, 2.0, 0], [1.0, 1.0, 1.0, 1.0]])  # last: no preference
-    labels, q, keep = pseudo_label(regions, l, tau=0.01, threshold=0.3)
+    labels, q, keep, _ = pseudo_label(regions, l, tau=0.01, threshold=0.3)
     assert labels[:2].tolist() == [0, 2]
     assert torch.allclose(q.sum(-1), torch.ones(3))
     assert keep.tolist() == [True, True, False]  # uniform row: max q = 0.25
 
 
 def test_pseudo_labels_keep_all_when_none_is_confident():
-    labels, q, keep = pseudo_label(torch.ones(2, 4), torch.eye(4), threshold=0.5)  # max q = 0.25 everywhere
-    assert keep.tolist() == [True, True]  # the official fallback (max q > 0)
-    labels, q, keep = pseudo_label(torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 1, 1]]), torch.eye(4), threshold=0.5)
-    assert keep.tolist() == [True, False]  # one confident region: no fallback
-    labels, q, keep = pseudo_label(torch.zeros(0, 4), torch.eye(4))
+    labels, q, keep, all_kept = pseudo_label(torch.ones(2, 4), torch.eye(4), threshold=0.5)  # max q = 0.25 everywhere
+    assert keep.tolist() == [True, True] and all_kept  # the official fallback (max q > 0)
+    labels, q, keep, all_kept = pseudo_label(torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 1, 1]]), torch.eye(4),
+                                             threshold=0.5)
+    assert keep.tolist() == [True, False] and not all_kept  # one confident region: no fallback
+    labels, q, keep, all_kept = pseudo_label(torch.zeros(0, 4), torch.eye(4))
+    assert not all_kept  # no region: nothing fell back
     assert labels.shape == (0,) and q.shape == (0, 4) and keep.shape == (0,)
     with pytest.raises(ValueError, match="empty"):
         pseudo_label(torch.ones(2, 4), torch.zeros(0, 4))

@@ -16,8 +16,9 @@ from regionclip_min import official
 from regionclip_min.checkpoint import load_checkpoint, save_checkpoint
 from regionclip_min.clip_model import TEMPLATES, activation, clean_name, encode_texts, load_clip
 from regionclip_min.data import DetectionDataset
-from regionclip_min.detector import ProposalNetwork, detector_from_official
+from regionclip_min.detector import detector_from_official
 from regionclip_min.regions import RegionEncoder
+from regionclip_min.rpn import ProposalNetwork
 
 TOL = 1e-5
 
@@ -272,7 +273,7 @@ def official_files(stage0_run, toy_world, tmp_path_factory):
 
 
 def test_eval_zeroshot_gives_the_same_numbers_for_every_route(official_files, stage0_run, toy_world, tmp_path):
-    common = ["--instances", toy_world["instances_val_all"], "--templates", "single", "--max_images", "8"]
+    common = ["--instances", toy_world["instances_val_all"], "--templates", "single", "--eval_max_images", "8"]
     ours = eval_zeroshot.main(["--checkpoint", str(stage0_run / "final.pt"), *common, "--out",
                                str(tmp_path / "a.json")])
     routes = {
@@ -291,7 +292,7 @@ def test_eval_zeroshot_gives_the_same_numbers_for_every_route(official_files, st
             assert got[key] == pytest.approx(ours[key], abs=1e-6), (route, key)
     demo = eval_zeroshot.main(["--checkpoint", str(official_files / "regionclip_finetuned-toy.pth"), "--instances",
                                toy_world["instances_val_all"], "--image", str(toy_world["images"]) + "/val_000003.png",
-                               "--rpn_checkpoint", str(official_files / "rpn.pt"), "--scale", "2", "--out_image",
+                               "--rpn_checkpoint", str(official_files / "rpn.pt"), "--region_scale", "2", "--out_image",
                                str(tmp_path / "demo.png"), "--score_thresh", "0"])  # names: its own rows
     assert demo["detections"] and (tmp_path / "demo.png").is_file()
     bad = tmp_path / "wrong_rows.pth"
@@ -339,7 +340,7 @@ def test_transfer_and_pretraining_start_from_official_files(official_files, toy_
     out = tmp_path / "pre"
     common = ["--preset", "toy", "--captions", toy_world["captions_train"], "--init", str(pre), "--batch_size", "4",
               "--proposals_per_image", "4", "--num_workers", "0", "--max_steps", "2", "--warmup_steps", "1",
-              "--concepts", str(names), "--quick_gelu", "false"]
+              "--concepts", str(names), "--quick_gelu", "false", "--proposals", "random"]
     train_pretrain.main([*common, "--out_dir", str(out), "--concept_embeddings", str(tmp_path / "nouns_3.pth")])
     printed = capsys.readouterr().out
     assert "dropped teacher_backbone.*" in printed

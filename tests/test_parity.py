@@ -56,7 +56,7 @@ def test_focal_loss_is_the_mean_over_all_rois_at_five_percent_foreground():
 def test_pseudo_labels_fall_back_to_every_region_as_the_official_code():
     t = _unit(6, 8, seed=4)
     l = _unit(300, 8, seed=5)  # a large pool at tau 1: no probability above 0.1
-    labels, q, keep = pseudo_label(t, l, tau=1.0, threshold=0.1)
+    labels, q, keep, _ = pseudo_label(t, l, tau=1.0, threshold=0.1)
     assert q.amax(-1).max() < 0.1 and keep.all()
     assert labels.tolist() == q.argmax(-1).tolist()
 

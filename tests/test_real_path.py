@@ -108,7 +108,7 @@ def test_every_documented_real_data_command_runs(real, tmp_path, capsys):
     # 5. zero-shot evaluation on the COCO json: no "kind" field, every image scored
     out = tmp_path / "zs.json"
     res = eval_zeroshot.main(["--checkpoint", str(pre / "final.pt"), "--instances", inst, "--image_root", photos,
-                              "--scale", "1", "--templates", "single", "--out", str(out)])
+                              "--region_scale", "1", "--templates", "single", "--out", str(out)])
     assert res["n_images"] == len(PHOTOS) and res["kinds"] == "all" and res["gt_box_top1"]["n_boxes"] > 0
     with pytest.raises(SystemExit, match="other inputs"):  # other weights, same results file: refused
         eval_zeroshot.main(["--model_name", "RN-toy", "--pretrained", weights, "--instances", inst, "--image_root",
@@ -119,7 +119,8 @@ def test_every_documented_real_data_command_runs(real, tmp_path, capsys):
     # 6. the demo with only CLIP weights and a photo (sliding windows), and a trained detector on a photo
     png = tmp_path / "demo.png"
     demo = eval_zeroshot.main(["--model_name", "RN-toy", "--pretrained", weights, "--image",
-                               str(real / "photos" / "phone.jpg"), "--vocabulary", "cat,cup,person", "--scale", "1",
+                               str(real / "photos" / "phone.jpg"), "--vocabulary", "cat,cup,person",
+                               "--region_scale", "1",
                                "--rpn_checkpoint", str(tmp_path / "no-rpn-trained.pt"),
                                "--templates", "single", "--score_thresh", "0", "--out_image", str(png)])
     assert "sliding windows" in capsys.readouterr().out and Image.open(png).size == (240, 320)  # upright
@@ -129,7 +130,7 @@ def test_every_documented_real_data_command_runs(real, tmp_path, capsys):
                         "--out_image", str(tmp_path / "det.png")])
     assert "the detector's own RPN" in capsys.readouterr().out
     eval_zeroshot.main(["--model_name", "RN-toy", "--pretrained", weights, "--image",
-                        str(real / "photos" / "street.jpg"), "--vocabulary", "cat", "--scale", "1",
+                        str(real / "photos" / "street.jpg"), "--vocabulary", "cat", "--region_scale", "1",
                         "--templates", "single", "--out_image", str(tmp_path / "one.png")])
     assert "names one class" in capsys.readouterr().out
 

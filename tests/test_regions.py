@@ -7,8 +7,8 @@ import torch
 
 from regionclip_min import regions
 from regionclip_min.clip_model import load_clip
-from regionclip_min.regions import (CropEncoder, RegionEncoder, attention_pool, grid_boxes, load_proposals_file,
-                                    random_boxes, whole_image_boxes)
+from regionclip_min.proposals import grid_boxes, load_proposals_file, random_boxes
+from regionclip_min.regions import CropEncoder, RegionEncoder, attention_pool, whole_image_boxes
 
 
 def _randomize_batchnorm(model, seed=0):

@@ -1,7 +1,7 @@
 """Reliability and security (issue 9): runs killed with SIGKILL resume to the same weights, one writer per output
 folder, bad inputs give clear messages, hostile checkpoints are refused by every loader and run nothing.
 
-The bad-input matrix (README, "Failure modes") is tested here and in tests/test_data.py, test_regions.py,
+The bad-input matrix (docs/USAGE.md, "Failure modes") is tested here and in tests/test_data.py, test_regions.py,
 test_eval_zeroshot.py, test_train_pretrain.py and test_train_detect.py; each row names its test."""
 import json
 import math
@@ -25,8 +25,10 @@ from regionclip_min import official
 from regionclip_min.checkpoint import _process_start, claim_out_dir, load_checkpoint, save_checkpoint
 from regionclip_min.clip_model import SINGLE_TEMPLATE, encode_texts, load_clip
 from regionclip_min.concepts import concept_embeddings, read_names
-from regionclip_min.data import DetectionDataset, ImageCaptionDataset, boxes_to_transformed
-from regionclip_min.detector import load_detector, load_rpn
+from regionclip_min.data import DetectionDataset, ImageCaptionDataset
+from regionclip_min.detector import load_detector
+from regionclip_min.rpn import load_rpn
+from regionclip_min.transforms import boxes_to_transformed
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -41,7 +43,7 @@ def _pretrain_args(toy_world, stage0_run, cache):
                         str(stage0_run / "final.pt"), "--out_dir", str(out), "--batch_size", "4",
                         "--proposals_per_image", "4", "--num_workers", "0", "--concept_cache", str(cache),
                         "--templates", "single", "--warmup_steps", "2", "--max_steps", "10", "--ckpt_every", "1",
-                        "--log_every", "1", "--threads", "1"]
+                        "--log_every", "1", "--threads", "1", "--proposals", "random"]
 
 
 def _detect_args(toy_world, stage0_run):

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from regionclip_min import toy_benchmark, toy_tables
+from benchmarks.toy import benchmark as toy_benchmark
+from benchmarks.toy import tables as toy_tables
 
 
 def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path, capsys):
@@ -18,7 +19,7 @@ def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path,
     timings = json.loads((res / "timings.json").read_text())
     calls = timings.pop("_calls")
     assert len(calls) == 1 and calls[0]["jobs"] == 2 and calls[0]["peak_memory_mb"] > 100
-    assert calls[0]["command"] == "toy_benchmark run"
+    assert calls[0]["command"] == "benchmarks.toy.benchmark run"
     assert sorted(calls[0]["steps_run"]) == sorted(timings)
     assert set(timings) == {"generate", "stage0", "rpn", "zs-clip-gt", "zs-clip-rpn", "regionclip-full-s0",
                             "zs-regionclip-s0-gt", "zs-regionclip-s0-rpn", "det-clip-s0", "det-regionclip-s0"}
@@ -81,3 +82,29 @@ def test_ablations_table_holds_every_row_and_the_transfer_tau_rows(tmp_path):
     tau_rows = [line for line in md.splitlines() if "tau = 0.01 (the paper's number" in line]
     assert len(tau_rows) == 2 and all(line.endswith("| 50.0 | 80.0 | 75.0 |") for line in tau_rows)
     assert "| **RegionCLIP, full model** | — |" in md  # runs that did not happen read as —, not as numbers
+
+
+# where the benchmark's data and runs live: paths, not settings
+PATH_OPTIONS = {"captions", "init", "rpn_checkpoint", "out_dir", "concept_cache", "train_json", "val_json", "seed"}
+
+
+def test_the_toy_presets_are_the_settings_the_benchmark_runs(tmp_path):
+    """`--preset toy` (and toy-clip, toy-rpn) gives the numbers the docs quote: every option the benchmark passes
+    beside the paths equals the preset's own value."""
+    from regionclip_min.cli import parse_config
+    from regionclip_min.configs import detect, pretrain
+
+    b = toy_benchmark.Bench(runs=tmp_path / "runs", results=tmp_path / "res")
+    configs = {"train_pretrain.py": (pretrain.PretrainConfig, pretrain.PRESETS),
+               "train_detect.py": (detect.DetectConfig, detect.PRESETS)}
+    steps = [toy_benchmark.stage0(b), toy_benchmark.rpn(b), toy_benchmark.regionclip(b, 0),
+             toy_benchmark.transfer(b, "regionclip-full-s0", "regionclip", 0)]
+    for step in steps:
+        script, *args = [str(a) for a in step.cmd]
+        cls, presets = configs[script]
+        flags = dict(zip(args[::2], args[1::2]))
+        preset_cfg, _ = parse_config(cls, ["--preset", flags.pop("--preset")], presets)
+        passed, _ = parse_config(cls, args, presets)
+        settings = {k.lstrip("-") for k in flags} - PATH_OPTIONS
+        assert settings, step.name
+        assert {k: getattr(passed, k) for k in settings} == {k: getattr(preset_cfg, k) for k in settings}, step.name

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from regionclip_min import toy_worlds
-from regionclip_min.pipeline import Runner
+from benchmarks.toy import worlds as toy_worlds
+from benchmarks.toy.pipeline import Runner
 
 
 def test_worlds_table_from_tiny_runs(tmp_path):

@@ -9,7 +9,8 @@ import torch
 import train_detect
 from regionclip_min.checkpoint import load_checkpoint
 from regionclip_min.data import DetectionDataset
-from regionclip_min.detector import load_detector, load_rpn, propose
+from regionclip_min.detector import load_detector
+from regionclip_min.rpn import load_rpn, propose
 
 
 def _metrics(out):
@@ -182,5 +183,6 @@ def test_pretraining_with_rpn_proposals(rpn_run, toy_world, stage0_run, tmp_path
                          "--max_steps", "2", "--log_every", "1", "--proposals", "rpn", "--rpn_checkpoint",
                          str(rpn_run / "final.pt"), "--rpn_top_k", "20"])
     assert [r["step"] for r in _metrics(out)] == [1, 2]
-    with pytest.raises(SystemExit, match="rpn_checkpoint"):
-        train_pretrain.main(["--preset", "toy", "--proposals", "rpn", "--captions", toy_world["captions_train"]])
+    with pytest.raises(SystemExit, match="rpn_checkpoint, an RPN checkpoint .*nope.pt does not exist"):
+        train_pretrain.main(["--preset", "toy", "--captions", toy_world["captions_train"], "--rpn_checkpoint",
+                             str(tmp_path / "nope.pt")])

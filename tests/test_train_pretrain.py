@@ -22,7 +22,7 @@ def _metrics(out):
 def _rc_args(toy_world, stage0_run, out, *extra):
     return ["--preset", "toy", "--captions", toy_world["captions_train"], "--init", str(stage0_run / "final.pt"),
             "--out_dir", str(out), "--batch_size", "4", "--proposals_per_image", "6", "--num_workers", "0",
-            "--concept_cache", str(Path(out) / "cache"), "--warmup_steps", "2", *extra]
+            "--concept_cache", str(Path(out) / "cache"), "--warmup_steps", "2", "--proposals", "random", *extra]
 
 
 def test_stage0_runs_and_image_text_loss_falls(stage0_run):
@@ -220,10 +220,10 @@ def test_bf16_autocast_trains_with_float32_weights(toy_world, stage0_run, tmp_pa
         resolve_amp("fp16x", "cpu")
 
 
-def test_image_tau_from_teacher_sets_only_the_image_loss_temperature(toy_world, stage0_run, tmp_path, capsys):
+def test_image_tau_from_init_sets_only_the_image_loss_temperature(toy_world, stage0_run, tmp_path, capsys):
     out = tmp_path / "itau"
     train_pretrain.main(_rc_args(toy_world, stage0_run, out, "--max_steps", "2", "--log_every", "1",
-                                 "--image_tau_from_teacher", "true"))
+                                 "--image_tau_from_init", "true"))
     printed = capsys.readouterr().out
     teacher_tau = 1.0 / load_checkpoint(stage0_run / "final.pt")["model"]["logit_scale"].exp().item()
     assert "tau 0.0100, image-text tau " + f"{teacher_tau:.4f}" in printed

@@ -1,10 +1,12 @@
-"""train_detect.py's settings: `DetectConfig` (every field is a command-line option), its named `PRESETS`, and the
-COCO open-vocabulary split the coco-ovd presets name."""
+"""train_detect.py's settings: `DetectConfig` (every field is a command-line option), its named `PRESETS`, the
+COCO open-vocabulary split the coco-ovd presets name, and the one place where a config becomes the keyword
+arguments of the detector and the RPN (`detector_kwargs`, `rpn_kwargs`) and is checked (`check_config`)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
-from regionclip_min.configs import QUICK_GELU_HELP
+from regionclip_min.configs import QUICK_GELU_HELP, choice_problems
 
 # The open-vocabulary COCO split of OVR-CNN (48 base / 17 novel of the 80 COCO classes; the other 15 are unused).
 COCO_OVD_BASE = (
@@ -68,8 +70,8 @@ class DetectConfig:
     rpn_post_nms_top_n_test: int = 300
     rpn_nms_thresh: float = 0.7
     rpn_batch_size_per_image: int = 256
-    box_batch_size_per_image: int = field(default=32, metadata={"help": "RoIs sampled per image. CPU roi_align "
-                                          "backward is single-threaded and the box head runs per RoI: keep small"})
+    box_batch_size_per_image: int = field(default=32, metadata={"help": "RoIs sampled per image (the box head "
+                                          "runs once per RoI: its cost grows with this)"})
     box_positive_fraction: float = 0.25
     roi_sampling_ratio: int = field(default=0, metadata={"help": "RoIAlign samples per bin side (0: adaptive, one "
                                     "per bin here; torchvision's default 2 costs 4 samples per bin)"})
@@ -126,8 +128,8 @@ PRESETS = {
                     batch_size=8, warmup_steps=50, out_dir="runs/toy-rpn"),
     "toy": dict(_doc="open-vocabulary detection on the toy world from the RegionCLIP checkpoint (9 base -> 12); the "
                 "classifier at the toy CLIP's own temperature, as the paper's 0.01 is OpenAI CLIP's own",
-                task="detector", init="runs/toy/final.pt", lr=4e-4, max_steps=600, batch_size=8, tau_from_init=True,
-                out_dir="runs/toy-det"),
+                task="detector", init="runs/toy/final.pt", lr=4e-4, max_steps=300, warmup_steps=30, batch_size=8,
+                tau_from_init=True, out_dir="runs/toy-det"),
     "coco-rpn": dict(_doc="the offline RPN of the COCO recipe (test_transfer_learning.sh's rpn_coco_48.pth): class-"
                      "agnostic, on the 48 base classes' boxes, on OpenAI's RN50 res4 map (the official one is a "
                      "Detectron2 ImageNet R50-C4: configs/COCO-InstanceSegmentation/"
@@ -157,3 +159,78 @@ PRESETS = {
                           batch_size=16, channels_last=False, device="auto", num_workers=8, ckpt_every=5000,
                           draw_images=10, out_dir="runs/coco-ovd-rn50"),
 }
+
+
+def ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+# ---- config -> keyword arguments, in one place (docs/DESIGN.md §2) ------------------------------------------
+def rpn_kwargs(cfg) -> dict:
+    return dict(min_size=list(ints(cfg.min_sizes)), max_size=cfg.max_size, anchor_sizes=list(ints(cfg.anchor_sizes)),
+                aspect_ratios=list(floats(cfg.aspect_ratios)), pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+                pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+                post_nms_top_n_test=cfg.rpn_post_nms_top_n_test, nms_thresh=cfg.rpn_nms_thresh,
+                batch_size_per_image=cfg.rpn_batch_size_per_image)
+
+
+def detector_kwargs(cfg) -> dict:
+    r = rpn_kwargs(cfg)
+    return dict(min_size=r["min_size"], max_size=cfg.max_size, anchor_sizes=r["anchor_sizes"],
+                aspect_ratios=r["aspect_ratios"], rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+                rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+                rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+                rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test, rpn_nms_thresh=cfg.rpn_nms_thresh,
+                rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+                box_batch_size_per_image=cfg.box_batch_size_per_image, box_positive_fraction=cfg.box_positive_fraction,
+                box_score_thresh=cfg.box_score_thresh, box_nms=cfg.box_nms, box_nms_thresh=cfg.box_nms_thresh,
+                detections_per_img=cfg.detections_per_img, tau=cfg.tau, focal_gamma=cfg.focal_gamma,
+                background_weight=cfg.background_weight, sampling_ratio=cfg.roi_sampling_ratio)
+
+
+def check_config(cfg) -> None:
+    """SystemExit listing every bad option of a DetectConfig at once."""
+    problems = choice_problems(cfg, {"task": ("detector", "rpn"), "category_split": ("json", "coco-ovd"),
+                                     "rpn": ("joint", "offline"), "optimizer": ("adamw", "sgd"),
+                                     "box_nms": ("soft", "hard"), "templates": ("ensemble", "single")})
+    if cfg.rpn == "offline" and cfg.task == "detector" and not cfg.rpn_checkpoint:
+        problems.append("--rpn offline needs --rpn_checkpoint (train one: python train_detect.py --preset toy-rpn)")
+    for name in ("min_sizes", "anchor_sizes", "aspect_ratios", "lr_steps"):
+        try:
+            floats(getattr(cfg, name))
+        except ValueError:
+            problems.append(f"--{name} must be comma-separated numbers, got {getattr(cfg, name)!r}")
+    if problems:
+        raise SystemExit("bad config: " + "; ".join(problems))
+
+
+def coco_ovd_names(json_path: str, wanted: tuple[str, ...], which: str) -> list[str]:
+    """The names of `wanted` (OVR-CNN's base, or base + novel) that the json's categories have; the others are
+    named in a message, and so are the json's categories outside the split, which are left out."""
+    with open(json_path, encoding="utf-8") as f:
+        have = [c.get("name") for c in json.load(f).get("categories", [])]
+    kept = [n for n in wanted if n in have]
+    if not kept:
+        raise SystemExit(f"{json_path}: none of OVR-CNN's COCO names ({', '.join(wanted[:5])}, ...) among its "
+                         f"categories ({have[:5]}...): --category_split coco-ovd is for COCO; use --category_split "
+                         f"json with a \"split\" field per category")
+    missing, outside = [n for n in wanted if n not in have], [n for n in have if n not in wanted]
+    if missing or outside:
+        print(f"{which} json {json_path}: {len(kept)} of the split's {len(wanted)} names; "
+              + (f"absent: {', '.join(missing)}; " if missing else "")
+              + (f"left out ({'not a base name' if which == 'train' else 'not in the 48/17 split'}): "
+                 f"{', '.join(outside)}" if outside else ""))
+    return kept
+
+
+def novel_base_ids(cfg, val) -> tuple[list[int], list[int]]:
+    """(novel category ids, base category ids) of the val DetectionDataset `val`, by the config's split."""
+    if cfg.category_split == "coco-ovd":
+        ids = dict(zip(val.category_names, val.category_ids))
+        return [ids[n] for n in COCO_OVD_NOVEL if n in ids], [ids[n] for n in COCO_OVD_BASE if n in ids]
+    novel = [c for c, s in zip(val.category_ids, val.category_splits) if s == "novel"]
+    return novel, [c for c in val.category_ids if c not in set(novel)]

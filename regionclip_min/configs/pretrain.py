@@ -58,10 +58,11 @@ class PretrainConfig:
     rpn_top_k: int = field(default=300, metadata={"help": "rpn: keep the top-k boxes after NMS 0.5, then sample "
                            "proposals_per_image of them at random (paper: 300, 100)"})
     tau: float = field(default=0.01, metadata={"help": "temperature of region losses and pseudo-labels (paper)"})
-    tau_from_teacher: bool = field(default=False, metadata={"help": "use the teacher's own 1/logit_scale as tau"})
-    image_tau_from_teacher: bool = field(default=False, metadata={"help": "image-text loss at the teacher's own "
-                                         "1/logit_scale, region losses at tau (not the paper's: an experiment, "
-                                         "README 'Toy benchmark')"})
+    tau_from_init: bool = field(default=False, metadata={"help": "tau = the init CLIP's (the teacher's) own "
+                                "1/logit_scale"})
+    image_tau_from_init: bool = field(default=False, metadata={"help": "image-text loss at the init CLIP's "
+                                         "own 1/logit_scale, region losses at tau (not the paper's: an ablation "
+                                         "row)"})
     teacher: str = field(default="pooled", metadata={"help": "how the frozen teacher embeds a proposal: 'pooled' "
                          "(the paper: RoIAlign on its res4 map, res5, attention pool) or 'crop' (not the paper's: "
                          "ViLD-style, the box cut out and encoded as a whole image; regions.CropEncoder)"})
@@ -97,11 +98,11 @@ class PretrainConfig:
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default, one per core); "
                          "1 avoids thrashing on a machine shared with other jobs"})
     channels_last: bool = field(default=True, metadata={"help": "channels-last memory format for the image tower "
-                                "(1.7x faster convolutions on CPU here; same outputs up to float rounding)"})
+                                "(faster convolutions on CPU; same outputs up to float rounding)"})
     amp: str = field(default="none", metadata={"help": "'bf16': model forwards under bfloat16 autocast (weights, "
                      "losses and optimizer stay float32); 'none': float32 throughout; 'auto': bf16 where the "
-                     "hardware has it natively (AVX512-BF16/AMX CPUs, bf16 GPUs). Stage 0 of the toy world: 1.3x "
-                     "faster on this machine's CPU; results differ by more than rounding"})
+                     "hardware has it natively (AVX512-BF16/AMX CPUs, bf16 GPUs); results differ by more than "
+                     "rounding"})
     log_every: int = 10
     ckpt_every: int = field(default=200, metadata={"help": "checkpoint every N steps (and at the end)"})
     keep_ckpts: int = field(default=2, metadata={"help": "step checkpoints kept on disk (0 = all)"})
@@ -115,9 +116,10 @@ PRESETS = {
                      stage="clip", model_name="RN-toy", region_scale=1.0, lr=2e-3, weight_decay=0.1, schedule="cosine",
                      warmup_steps=100, max_steps=2500, batch_size=64, ckpt_every=500, out_dir="runs/toy-clip",
                      num_workers=0, cache_images=True),
-    "toy": dict(_doc="RegionCLIP on the toy world from the toy-clip checkpoint", stage="regionclip",
-                init="runs/toy-clip/final.pt", model_name="RN-toy", region_scale=2.0, lr=1e-4, weight_decay=0.1,
-                warmup_steps=50, max_steps=600, batch_size=16, proposals_per_image=16, out_dir="runs/toy"),
+    "toy": dict(_doc="RegionCLIP on the toy world from the toy-clip checkpoint, proposals of the toy-rpn RPN (the "
+                "toy benchmark's setting)", stage="regionclip", init="runs/toy-clip/final.pt", model_name="RN-toy",
+                region_scale=2.0, lr=1e-4, weight_decay=0.1, warmup_steps=30, max_steps=300, batch_size=16,
+                proposals="rpn", rpn_checkpoint="runs/toy-rpn/final.pt", proposals_per_image=16, out_dir="runs/toy"),
     "rn50-coco": dict(_doc="paper (configs/pretrain/RegionCLIP_RN50.yaml, pretrain.sh): RN50 from OpenAI's CLIP on "
                       "COCO Captions, proposals of the coco-rpn RPN, short side 800, SGD lr 0.002, global batch 96, "
                       "600k steps",
@@ -137,3 +139,8 @@ PRESETS = {
                       momentum=0.9, warmup_steps=1000, max_steps=600_000, lr_steps="300000,525000", batch_size=96,
                       device="auto", ckpt_every=5000, out_dir="runs/rn50-cc3m", num_workers=8),
 }
+
+
+def loss_weights(cfg) -> dict:
+    """The `w_*` options of a PretrainConfig: the weight of each loss term (regionclip.RegionCLIP.LOSS_WEIGHTS)."""
+    return {k: v for k, v in vars(cfg).items() if k.startswith("w_")}

@@ -1,9 +1,10 @@
-"""eval_zeroshot.py's settings: `EvalConfig` (every field is a command-line option)."""
+"""eval_zeroshot.py's settings: `EvalConfig` (every field is a command-line option) and `check_config`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from regionclip_min.configs import QUICK_GELU_HELP
+from regionclip_min.configs import QUICK_GELU_HELP, choice_problems
 
 
 @dataclass
@@ -28,11 +29,11 @@ class EvalConfig:
                        "proposals of --rpn_checkpoint (zero-shot detection AP50)"})
     rpn_checkpoint: str = field(default="runs/toy-rpn/final.pt", metadata={"help": "class-agnostic RPN "
                                 "(train_detect.py --preset toy-rpn) for --boxes rpn and --image"})
-    top_k: int = field(default=100, metadata={"help": "RPN proposals per image, highest objectness first"})
+    rpn_top_k: int = field(default=100, metadata={"help": "RPN proposals per image, highest objectness first"})
     image_boxes: str = field(default="auto", metadata={"help": "--image proposals: 'rpn' (--rpn_checkpoint), "
                              "'windows' (multi-scale sliding windows, no training needed), 'auto' (rpn if the "
                              "checkpoint exists, else windows). A detector --checkpoint uses its own RPN"})
-    scale: float = field(default=2.0, metadata={"help": "enlarge images by this before pooling regions "
+    region_scale: float = field(default=2.0, metadata={"help": "enlarge images by this before pooling regions "
                          "(docs/DESIGN.md §5.1: 2 for the 128-px toy CLIP; 1 for real detection images)"})
     region_encoder: str = field(default="pooled", metadata={"help": "'pooled' (the paper: RoIAlign on res4, res5, "
                                 "attention pool) or 'crop' (ViLD-style: each box cut out and encoded as a whole "
@@ -41,7 +42,7 @@ class EvalConfig:
                                 "over the box's longer side"})
     kinds: str = field(default="auto", metadata={"help": "images whose 'kind' is in this comma list; 'all' = every "
                        "image; 'auto' = scenes for --boxes gt, all images for --boxes rpn"})
-    max_images: int | None = field(default=None, metadata={"help": "only the first this many images"})
+    eval_max_images: int | None = field(default=None, metadata={"help": "only the first this many images"})
     # ---- vocabulary and scoring
     vocabulary: str | None = field(default=None, metadata={"help": "class names: 'a,b,c' or a text file with one "
                                    "name per line (default: the dataset's categories)"})
@@ -70,9 +71,44 @@ class EvalConfig:
     save_region_features: str | None = field(default=None, metadata={"help": "write boxes, region embeddings and "
                                              "image ids (torch.load(weights_only=True)) to this file"})
     # ---- run
-    batch_size: int = 32
+    eval_batch_size: int = field(default=32, metadata={"help": "images per forward pass"})
     device: str = field(default="cpu", metadata={"help": "cpu | cuda | auto (cuda where a GPU is visible)"})
     out: str | None = field(default=None, metadata={"help": "results json (default: beside the checkpoint, "
                             "<name>.zeroshot-<boxes>.json, or results/zeroshot/<model>-<weights>-<boxes>.json)"})
     overwrite: bool = field(default=False, metadata={"help": "replace a results json that holds results of other "
                             "weights or data (refused otherwise)"})
+
+
+def check_config(cfg) -> None:
+    """SystemExit listing every bad option of an EvalConfig at once."""
+    problems = choice_problems(cfg, {"boxes": ("gt", "rpn"), "templates": ("ensemble", "single"),
+                                     "image_boxes": ("auto", "rpn", "windows")})
+    if cfg.region_encoder not in ("pooled", "crop") or cfg.crop_context <= 0:
+        problems.append(f"--region_encoder must be pooled or crop and --crop_context positive, got "
+                        f"{cfg.region_encoder!r} and {cfg.crop_context}")
+    if cfg.region_scale <= 0 or cfg.tau <= 0 or min(cfg.rpn_top_k, cfg.eval_batch_size, cfg.max_boxes,
+                                                     cfg.draw_scale) < 1:
+        problems.append("--region_scale, --tau, --rpn_top_k, --eval_batch_size, --max_boxes and --draw_scale must be "
+                        "positive")
+    if (cfg.boxes == "rpn" and cfg.image is None or cfg.image and cfg.image_boxes == "rpn") and not Path(
+            cfg.rpn_checkpoint).is_file():
+        problems.append(f"--rpn_checkpoint {cfg.rpn_checkpoint} does not exist (train one: python train_detect.py "
+                        f"--preset toy-rpn)")
+    if cfg.image is None and not Path(cfg.instances).is_file():
+        problems.append(f"--instances {cfg.instances} does not exist (make toy generates data/toy)")
+    if problems:
+        raise SystemExit("bad configuration:\n  " + "\n  ".join(problems))
+
+
+def resolve_kinds(cfg, dataset) -> tuple[str, tuple[str, ...] | None]:
+    """(--kinds as resolved, the tuple of kinds to keep or None for all). 'auto': the toy world's scenes for GT
+    boxes when the json marks image kinds (its object-centric images have one large box each), else every image.
+    SystemExit when no image is left."""
+    marked = any(k is not None for k in dataset.kinds)
+    kinds = ("scene" if cfg.boxes == "gt" and marked else "all") if cfg.kinds == "auto" else cfg.kinds
+    kinds_t = None if kinds == "all" else tuple(k.strip() for k in kinds.split(","))
+    if kinds_t is not None and not any(k in kinds_t for k in dataset.kinds):
+        found = sorted({str(k) for k in dataset.kinds})
+        raise SystemExit(f"{cfg.instances}: no image has a 'kind' in {list(kinds_t)} (the images' kinds: {found}); "
+                         f"pass --kinds all, or --kinds with some of those")
+    return kinds, kinds_t

@@ -1,10 +1,10 @@
-"""The toy benchmark's tables, written from whatever run folders and result files exist (README "Toy benchmark").
+"""The toy benchmark's tables, written from whatever run folders and result files exist (docs/RESULTS.md).
 
     results/toy/summary.{md,json}      CLIP vs RegionCLIP, mean ± std over seeds (summary-<row>.* for an ablation
                                        row run for every seed), the Fig. 1(b) check, step times
     results/toy/ablations.{md,json}    one row per ablation against the full model (seed 0)
 
-toy_benchmark.py runs the steps and then calls these; `python -m regionclip_min.toy_benchmark summary` only rebuilds
+benchmark.py runs the steps and then calls these; `python -m benchmarks.toy.benchmark summary` only rebuilds
 summary.md. Where a RegionCLIP row writes is named here (`row_names`, `rc_dir`), so the steps and the tables agree on
 it. A run that did not happen reads as NaN in the JSON and as — in the markdown, never as a number.
 """
@@ -23,7 +23,7 @@ import torch
 from regionclip_min.checkpoint import write_json
 
 if TYPE_CHECKING:
-    from regionclip_min.toy_benchmark import Bench
+    from benchmarks.toy.benchmark import Bench
 
 
 # ---- where each RegionCLIP row writes ---------------------------------------------------------------------------
@@ -205,13 +205,13 @@ def _amp_used(run: Path) -> str:
 # ---- ablations.md: one row each ---------------------------------------------------------------------------------
 def write_ablations(b: Bench, ablations: list[tuple]) -> None:
     """results/toy/ablations.{md,json}: the teacher rows, the full model, each of `ablations` ((tag, what, args) as
-    in toy_benchmark.ABLATIONS) and the transfer-only rows, from whatever runs exist (— where one did not happen)."""
+    in benchmark.ABLATIONS) and the transfer-only rows, from whatever runs exist (— where one did not happen)."""
     zs = b.results / "zeroshot"
     full = _row(_load(zs / "regionclip-s0-gt.json"), _load(zs / "regionclip-s0-rpn.json"),
                 _load(b.runs / "det-regionclip-s0" / "results.json"))
     rows = [("CLIP (stage 0, the teacher)", _row(_load(zs / "clip-gt.json"), _load(zs / "clip-rpn.json"),
                                                _load(b.runs / "det-clip-s0" / "results.json"))),
-            ("CLIP, regions pooled at the native 128 px (`--scale 1`)",
+            ("CLIP, regions pooled at the native 128 px (`--region_scale 1`)",
              _row(_load(zs / "clip-native-128-gt.json"), _load(zs / "clip-native-128-rpn.json"), None)),
             ("CLIP, each box cropped (1.25x context) and encoded as a whole image (`--region_encoder crop`, "
              "ViLD-style, not the paper's)", _row(_load(zs / "clip-crop-gt.json"), _load(zs / "clip-crop-rpn.json"),

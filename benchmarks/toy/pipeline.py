@@ -2,17 +2,17 @@
 
 A `Step` is one command (python args), the file that proves it finished, and the steps it needs. `Runner.run`
 starts steps in list order as soon as what they need has finished, up to `jobs` at a time; the list order is the
-priority, so put the critical path first. Why lanes: on this 2-core machine one process at 2 threads trains only
-1.3x faster than at 1 thread, while two 1-thread processes run at full speed each (measured in the README), so two
-independent steps side by side finish ~1.5x sooner than one after the other. A step started while another runs or
-waits gets cores // jobs threads; a step that has the machine to itself gets every core. When a lane falls idle
-with nothing left to start, the steps still running are told to take the freed cores (a file each one polls:
-`regionclip_min.runtime.ThreadShare`).
+priority, so put the critical path first. Why lanes: on a 2-core machine one process at 2 threads trains only 1.3x
+faster than at 1 thread, while two 1-thread processes run at full speed each (docs/RESULTS.md), so two independent
+steps side by side finish ~1.5x sooner than one after the other.
+
+Every step runs at a fixed thread count: its own `threads`, else the runner's (cores // jobs). Float rounding
+depends on the thread count, so a step gives the same numbers on every run, whatever ran beside it.
 
 Each step's stdout goes to <results>/logs/<name>.log. With one lane its progress bar (stderr) goes to the terminal;
 with two, stderr joins the log and one bar here counts finished steps, its postfix showing each running step's own
-progress read from its log. Wall time per step, the threads it had, and the peak memory of the whole process tree
-(sum of PSS, i.e. shared library pages counted once, and the largest single RSS) go to <results>/timings.json.
+progress read from its log. Wall time per step, its threads, and the peak memory of the whole process tree (sum of
+PSS, i.e. shared library pages counted once, and the largest single RSS) go to <results>/timings.json.
 """
 from __future__ import annotations
 
@@ -29,9 +29,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from regionclip_min.checkpoint import run_files
-from regionclip_min.runtime import THREADS_FILE_ENV, write_threads
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -42,14 +41,15 @@ class Step:
     cmd: list  # python arguments, run from the repository root
     run_dir: Path | None = None  # a training run: resumed if it holds checkpoints, --overwrite with force
     after: tuple = ()  # names of the steps this one needs
-    threads: int | None = None  # a fixed thread count, never raised (float rounding independent of the schedule)
+    threads: int | None = None  # its thread count; None: the runner's
 
 
 class Runner:
     """Runs Steps as subprocesses, skipping those whose output exists, and records wall times and peak memory."""
 
-    def __init__(self, results: Path, force: bool = False, jobs: int = 1):
+    def __init__(self, results: Path, force: bool = False, jobs: int = 1, threads: int | None = None):
         self.results, self.force, self.jobs = Path(results), force, max(1, int(jobs))
+        self.threads = threads or max(1, (os.cpu_count() or 1) // self.jobs)  # each step's, unless it has its own
         (self.results / "logs").mkdir(parents=True, exist_ok=True)
         self.timings_path = self.results / "timings.json"
         self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
@@ -83,9 +83,7 @@ class Runner:
                 todo.append(s)
         if not todo:
             return
-        cores = os.cpu_count() or 1
         running: dict[str, tuple[Step, subprocess.Popen, float, Path, int]] = {}
-        threads_now: dict[str, int] = {}  # threads of each running step, raised when a lane falls idle
         bar = tqdm(total=len(todo), desc="pipeline steps", unit="step", dynamic_ncols=True,
                    disable=self.jobs == 1 or None)
         self.memory.start()
@@ -95,19 +93,10 @@ class Runner:
                 while ready and len(running) < self.jobs:
                     s = ready.pop(0)
                     todo.remove(s)
-                    share = self.jobs > 1 and bool(running or ready)  # alone: nothing else can start before it ends
-                    threads = s.threads or (max(1, cores // self.jobs) if share else cores)
+                    threads = s.threads or self.threads
                     running[s.name] = (s, *self._launch(s, threads, bar), threads)
-                    threads_now[s.name] = threads
                 if not running:
                     raise RuntimeError(f"steps wait on each other: {[s.name for s in todo]}")  # a cycle
-                if not ready and len(running) < self.jobs:  # a free lane and nothing to start: share its cores
-                    more = max(1, cores // len(running))
-                    for name in running:
-                        if more > threads_now[name] and running[name][0].threads is None:
-                            write_threads(self._threads_file(name), more)
-                            threads_now[name] = more
-                            bar.write(f"[{name}] nothing left to run beside it: now {more} threads")
                 time.sleep(0.2)
                 for name, (s, proc, t0, log, threads) in list(running.items()):
                     if proc.poll() is None:
@@ -125,14 +114,10 @@ class Runner:
                     self.ran.append(name)
                     self.timings[name] = {"seconds": seconds, "threads": threads,
                                           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-                    later = threads_now.pop(name)
-                    if later != threads:
-                        self.timings[name]["threads_later"] = later  # raised when its neighbour ended
                     self.timings_path.write_text(json.dumps(self.timings, indent=2))
                     bar.update(1)
                     (bar.write if self.jobs > 1 else print)(f"[{name}] done in {seconds} s ({threads} thread"
-                                                            f"{'s' if threads > 1 else ''}"
-                                                            f"{f', then {later}' if later != threads else ''})")
+                                                            f"{'s' if threads > 1 else ''})")
                 if self.jobs > 1:
                     bar.set_postfix_str(", ".join(f"{n} {_progress(r[3])}" for n, r in running.items()), refresh=False)
         finally:
@@ -142,19 +127,14 @@ class Runner:
             bar.close()
             self.memory.stop()
 
-    def _threads_file(self, name: str) -> Path:
-        return self.results / "logs" / f"{name}.threads"  # read by the step (regionclip_min/runtime.py)
-
     def _launch(self, s: Step, threads: int, bar) -> tuple[subprocess.Popen, float, Path]:
         args = self._args(s)
         log = self.results / "logs" / f"{s.name}.log"
         say = bar.write if self.jobs > 1 else print
         say(f"[{s.name}] {s.what} ({threads} thread{'s' if threads > 1 else ''})\n  $ python {' '.join(args)}\n"
             f"  log: {log}")
-        threads_file = self._threads_file(s.name)
-        write_threads(threads_file, threads)
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONPATH": str(ROOT),
-               "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), THREADS_FILE_ENV: str(threads_file)}
+               "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         f = open(log, "w")
         proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=f,
                                 stderr=subprocess.STDOUT if self.jobs > 1 else None)

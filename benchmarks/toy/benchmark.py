@@ -1,26 +1,29 @@
-"""The toy benchmark: the paper's claims, end to end on the toy world, by one command (README "Toy benchmark").
+"""The toy benchmark: the paper's claims, end to end on the toy world, by one command (docs/RESULTS.md).
 
-    python -m regionclip_min.toy_benchmark run          # make toy:           one seed, the whole pipeline
-    python -m regionclip_min.toy_benchmark seeds        # make toy-seeds:     RegionCLIP + transfer for seeds 0, 1, 2
-    python -m regionclip_min.toy_benchmark seeds --row crop-teacher   # the same for an ablation row (summary-<row>.md)
-    python -m regionclip_min.toy_benchmark ablations    # make toy-ablations: the paper's ablations, one row each
-    python -m regionclip_min.toy_benchmark summary      # only rebuild results/toy/summary.{md,json} from the runs
+    python -m benchmarks.toy.benchmark run          # make toy:           one seed, the whole pipeline
+    python -m benchmarks.toy.benchmark seeds        # make toy-seeds:     RegionCLIP + transfer for seeds 0, 1, 2
+    python -m benchmarks.toy.benchmark seeds --row crop-teacher   # the same for an ablation row (summary-<row>.md)
+    python -m benchmarks.toy.benchmark ablations    # make toy-ablations: the paper's ablations, one row each
+    python -m benchmarks.toy.benchmark summary      # only rebuild the tables from the runs
 
-The pipeline (every step is one of the project's own commands, run as a subprocess; its log goes to
-results/toy/logs/<step>.log and its progress bar to the terminal):
+Tables, pictures and logs go to --results, by default runs/toy-bench/results/, which git does not track; the
+committed reference results are in results/toy/ (a maintainer refreshes them with --results results/toy, or
+`make toy-seeds RESULTS=results/toy`). The pipeline (every step is one of the project's own commands, run as a
+subprocess; its log goes to <results>/logs/<step>.log):
 
     generate the toy world (data/toy)
     -> stage 0: a tiny CLIP on the captions (train_pretrain.py --preset toy-clip): the teacher and the "CLIP" row
     -> a class-agnostic RPN on the base boxes (train_detect.py --preset toy-rpn)
-    -> RegionCLIP pretraining from stage 0 with RPN proposals (train_pretrain.py --preset toy --proposals rpn)
+    -> RegionCLIP pretraining from stage 0 with RPN proposals (train_pretrain.py --preset toy)
     -> detector transfer from the CLIP and from the RegionCLIP checkpoints (train_detect.py --preset toy)
     -> zero-shot GT-box and RPN evaluation of both (eval_zeroshot.py)
-    -> results/toy/summary.md / .json (Fig. 1(b) check, the CLIP vs RegionCLIP table), regions.png, detections.png
+    -> <results>/summary.md / .json (Fig. 1(b) check, the CLIP vs RegionCLIP table), regions.png, detections.png
 
-Steps run two at a time once stage 0 is done (--jobs, regionclip_min/pipeline.py: two 1-thread processes get more
-out of 2 cores than one 2-thread process). A step whose output exists is not redone (--force redoes them); a step
-whose run folder holds a killed run resumes it. Step counts are the BUDGET below (on a 2-core CPU `make toy` takes
-29-32 minutes, README "Toy benchmark"); every row of every table uses the same world, the same budget and the same
+Steps run two at a time once stage 0 is done (--jobs, benchmarks/toy/pipeline.py: two 1-thread processes get more
+out of 2 cores than one 2-thread process). Thread counts are fixed (stage 0 at STAGE0_THREADS, every other step at
+THREADS), so a run gives the committed numbers to the last digit on any machine with at least 2 cores. A step
+whose output exists is not redone (--force redoes them); a step whose run folder holds a killed run resumes it.
+Step counts are the BUDGET below; every row of every table uses the same world, the same budget and the same
 evaluation.
 """
 from __future__ import annotations
@@ -30,18 +33,19 @@ import json
 import time
 from pathlib import Path
 
-from regionclip_min.pipeline import Runner, Step
-from regionclip_min.toy_tables import row_names, rc_dir, summarize, write_ablations
+from benchmarks.toy.pipeline import Runner, Step
+from benchmarks.toy.tables import rc_dir, row_names, summarize, write_ablations
 from regionclip_min.toyworld import SHAPES
 
 DATA = Path("data/toy")
 RUNS = Path("runs/toy-bench")
-RESULTS = Path("results/toy")
+RESULTS = Path("runs/toy-bench/results")  # untracked; the committed reference tables are in results/toy/
 WORLD = dict(seed=0, num_train=8000, num_val=500)  # docs/DESIGN.md §5.1 world C size
 BUDGET = dict(stage0_steps=2500, rpn_steps=600, regionclip_steps=300, detector_steps=300)
 SEEDS = (0, 1, 2)
-AMP = "none"  # float32: bf16 autocast made stage 0 1.3x faster here but it then learned no novel shape (README)
-JOBS = 2  # steps side by side (regionclip_min/pipeline.py: two 1-thread lanes beat one 2-thread lane)
+AMP = "none"  # float32: bf16 autocast made stage 0 1.3x faster here but it then learned no novel shape
+JOBS = 2  # steps side by side (benchmarks/toy/pipeline.py: two 1-thread lanes beat one 2-thread lane)
+THREADS, STAGE0_THREADS = 1, 2  # fixed per step: float rounding depends on them (stage 0 runs alone, on both cores)
 
 
 # ---- the steps ------------------------------------------------------------------------------------------------
@@ -52,7 +56,7 @@ class Bench:
                  world: dict | None = None, budget: dict | None = None, seeds: tuple = SEEDS, jobs: int = JOBS):
         self.force, self.data, self.runs, self.results = force, Path(data), Path(runs), Path(results)
         self.world, self.budget, self.seeds = {**WORLD, **(world or {})}, {**BUDGET, **(budget or {})}, tuple(seeds)
-        self.runner = Runner(self.results, force=force, jobs=jobs)
+        self.runner = Runner(self.results, force=force, jobs=jobs, threads=THREADS)
         self.what = "run"  # which command (run | seeds | ablations), recorded with each call's wall time and memory
 
     def run(self, steps: list[Step]) -> None:
@@ -61,7 +65,7 @@ class Bench:
         mem = self.runner.memory
         if self.runner.ran:  # keep this call's wall time and memory peak
             calls = self.runner.timings.setdefault("_calls", [])
-            calls.append({"command": f"toy_benchmark {self.what}", "steps_run": self.runner.ran,
+            calls.append({"command": f"benchmarks.toy.benchmark {self.what}", "steps_run": self.runner.ran,
                           "wall_seconds": round(time.time() - t0, 1), "jobs": self.runner.jobs,
                           "peak_memory_mb": round(mem.peak_pss_kb / 1024), "peak_process_rss_mb":
                           round(mem.peak_rss_kb / 1024), "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -77,7 +81,7 @@ def generate(b: Bench) -> Step:
     return Step("generate", f"generate the toy world ({b.world['num_train']} train / {b.world['num_val']} val images)",
                 b.data / "instances_val_all.json",
                 ["-m", "regionclip_min.toyworld", "--out", b.data, "--seed", b.world["seed"], "--num-train",
-                 b.world["num_train"], "--num-val", b.world["num_val"]])
+                 b.world["num_train"], "--num-val", b.world["num_val"]], threads=STAGE0_THREADS)
 
 
 def stage0(b: Bench) -> Step:
@@ -85,7 +89,7 @@ def stage0(b: Bench) -> Step:
     return Step("stage0", f"stage 0: the toy CLIP, {b.budget['stage0_steps']} steps", out / "final.pt",
                 ["train_pretrain.py", "--preset", "toy-clip", "--captions", b.data / "captions_train.json",
                  "--out_dir", out, "--max_steps", b.budget["stage0_steps"], "--amp", AMP], run_dir=out,
-                after=("generate",))
+                after=("generate",), threads=STAGE0_THREADS)
 
 
 def rpn(b: Bench) -> Step:
@@ -102,8 +106,8 @@ def regionclip(b: Bench, seed: int, tag: str = "full", extra: tuple = ()) -> Ste
     return Step(f"regionclip-{tag}-s{seed}", f"RegionCLIP pretraining ({tag}), seed {seed}, {steps} steps",
                 out / "final.pt",
                 ["train_pretrain.py", "--preset", "toy", "--captions", b.data / "captions_train.json", "--init",
-                 b.runs / "clip" / "final.pt", "--proposals", "rpn", "--rpn_checkpoint", b.runs / "rpn" / "final.pt",
-                 "--out_dir", out, "--seed", seed, "--max_steps", b.budget["regionclip_steps"], "--warmup_steps", "30",
+                 b.runs / "clip" / "final.pt", "--rpn_checkpoint", b.runs / "rpn" / "final.pt",
+                 "--out_dir", out, "--seed", seed, "--max_steps", b.budget["regionclip_steps"],
                  "--concept_cache", b.runs / "concept-cache", "--amp", AMP, *extra], run_dir=out,
                 after=("stage0", "rpn"))
 
@@ -116,8 +120,8 @@ def transfer(b: Bench, init_step: str, name: str, seed: int, extra: tuple = ()) 
                 f"steps", out / "results.json",
                 ["train_detect.py", "--preset", "toy", "--init", init, "--train_json",
                  b.data / "instances_train_base.json", "--val_json", b.data / "instances_val_all.json",
-                 "--out_dir", out, "--seed", seed, "--max_steps", b.budget["detector_steps"], "--warmup_steps", "30",
-                 *extra], run_dir=out, after=(init_step,))
+                 "--out_dir", out, "--seed", seed, "--max_steps", b.budget["detector_steps"], *extra], run_dir=out,
+                after=(init_step,))
 
 
 def zeroshot(b: Bench, ckpt_step: str, name: str, extra: tuple = ()) -> list[Step]:
@@ -152,7 +156,7 @@ def pipeline_steps(b: Bench, seeds: tuple = (0,), tag: str = "full") -> list[Ste
 
 def run_pipeline(b: Bench, seeds: tuple = (0,), tag: str = "full") -> None:
     b.run(pipeline_steps(b, seeds, tag))
-    if tag == "full":  # the README's pictures show the paper's model
+    if tag == "full":  # the pictures show the paper's model
         pictures(b, b.runs / "clip" / "final.pt", rc_dir(b, "full", seeds[0]) / "final.pt", seeds[0])
 
 
@@ -165,10 +169,10 @@ ABLATIONS = [  # (tag, what, extra train_pretrain.py args); the full model is re
     ("random-boxes", "random boxes instead of RPN proposals", ("--proposals", "random")),
     ("class-names", "concept pool = the 12 class names instead of caption nouns", ("--concepts", "CLASS_NAMES")),
     ("neg-pool", "negatives: every concept of the pool instead of the batch's", ("--negatives", "pool")),
-    ("tau-teacher", "tau = the teacher's own 1/logit_scale instead of 0.01", ("--tau_from_teacher", "true")),
+    ("tau-teacher", "tau = the teacher's own 1/logit_scale instead of 0.01", ("--tau_from_init", "true")),
     ("native-128", "regions pooled at the native 128 px instead of 2x enlarged images", ("--region_scale", "1.0")),
     ("image-tau-teacher", "extra, not in the paper: image-text loss at the teacher's own tau, region losses at 0.01",
-     ("--image_tau_from_teacher", "true")),
+     ("--image_tau_from_init", "true")),
     ("crop-teacher", "extra, not in the paper: ViLD-style teacher, each proposal cropped (1.25x context) and encoded "
      "as a whole image", ("--teacher", "crop")),
     ("crop-teacher-lr3e-5", "extra, not in the paper: the same ViLD-style teacher, learning rate 3e-5 instead of "
@@ -193,7 +197,7 @@ def run_ablations(b: Bench) -> None:
               # the classifier at the paper's literal tau = 0.01 (OpenAI CLIP's own) instead of the toy CLIP's own
               *(transfer(b, init, f"{name}-tau0.01", 0, ("--tau_from_init", "false", "--tau", "0.01"))
                 for init, name in (("stage0", "clip"), ("regionclip-full-s0", "regionclip"))),
-              *zeroshot(b, "stage0", "clip-native-128", ("--scale", "1.0")),
+              *zeroshot(b, "stage0", "clip-native-128", ("--region_scale", "1.0")),
               *zeroshot(b, "stage0", "clip-crop", ("--region_encoder", "crop"))]
     b.run(steps)
     pictures(b, b.runs / "clip" / "final.pt", rc_dir(b, "full", 0) / "final.pt", 0)
@@ -240,11 +244,11 @@ def main(argv=None) -> None:
     p.add_argument("--world", default="", help=f"override the world, e.g. num_train=2000 (default {WORLD})")
     p.add_argument("--budget", default="", help=f"override step counts, e.g. regionclip_steps=600 (default {BUDGET})")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of `seeds` (default %(default)s)")
-    p.add_argument("--jobs", type=int, default=JOBS, help="steps run side by side, each with cores/jobs threads "
-                   "(default %(default)s; 1: one after the other, each progress bar on the terminal)")
+    p.add_argument("--jobs", type=int, default=JOBS, help="steps run side by side (default %(default)s; 1: one "
+                   "after the other, each progress bar on the terminal); thread counts stay fixed")
     p.add_argument("--row", default="full", choices=("full", *(t for t, _, _ in ABLATIONS)),
                    help="seeds / summary: the RegionCLIP row run for every seed, 'full' (the paper's model, "
-                   "results/toy/summary.md) or an ablation row (results/toy/summary-<row>.md) (default %(default)s)")
+                   "summary.md) or an ablation row (summary-<row>.md) (default %(default)s)")
     args = p.parse_args(argv)
     t0 = time.time()
     if args.jobs < 1:

@@ -1,0 +1,1 @@
+"""Benchmarks of regionclip-min: `run.py` (make bench), `concept_extraction.py`, and the toy benchmark in `toy/`."""
