@@ -79,18 +79,16 @@ def test_detector_ap_resumes_a_killed_run_of_the_same_settings_only(tmp_path):
     assert not detector_ap.same_run(tmp_path, init, 300, kw, seed=1)  # another seed's run is not this one
 
 
-def test_detector_ap_table_shows_the_closed_vocabulary_ap_when_recorded(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "ROOT", tmp_path)
-    (tmp_path / "results").mkdir()
+def test_detector_ap_table_shows_the_closed_vocabulary_ap_when_recorded(tmp_path):
     ap50 = {"novel": 0.01, "base": 0.12, "all": 0.09}
-    (tmp_path / "results" / "bench-detector-ap.json").write_text(json.dumps({"init": "clip.pt", "steps": 300, "runs": {
+    (tmp_path / "bench-detector-ap.json").write_text(json.dumps({"init": "clip.pt", "steps": 300, "runs": {
         "ours": {"train_seconds": 160, "ap50": ap50, "base_vocabulary_ap50": 0.784},
         "older record": {"train_seconds": 170, "ap50": ap50}}}))
     res = {"machine": {"date": "d", "processor": "p", "cores": 2, "torch": "t", "torch_threads": 2, "device": "cpu"},
            "wall_seconds": 1.0, "detector": [{"sampling": "ours", "box_batch_size_per_image": 32, "sampling_ratio": 0,
                                               "rpn_post_nms_top_n_train": 200, "step_s": 0.5,
                                               "relative_step_time": 1.0}]}
-    md = bench.markdown(res)
+    md = bench.markdown(res, tmp_path)  # this run's AP table (the folder's), not the committed reference
     assert "| ours | 0 | 160 | 1.0 | 12.0 | 9.0 | 78.4 |" in md and "| older record | 0 | 170 | 1.0 | 12.0 | 9.0 | — |" in md
 
 
