@@ -41,7 +41,7 @@ from regionclip_min.detector import TrainingStep, build_detector, detector_from_
 from regionclip_min.drawing import draw_predictions
 from regionclip_min.rpn import ProposalNetwork, load_rpn
 from regionclip_min.scoring import open_vocabulary_ap, rpn_recall
-from regionclip_min.steps import build_optimizer, make_scheduler, parameter_groups, resolve_device
+from regionclip_min.steps import build_optimizer, make_scheduler, parameter_groups, repeat_factors, resolve_device
 from regionclip_min.transforms import random_hflip_detection
 
 
@@ -264,6 +264,8 @@ def run_training(cfg, out: Path, device) -> Path:
             raise SystemExit(f"{out} holds a {state.get('kind')!r} checkpoint, this run trains {meta['kind']!r}")
 
     start = engine.resume(run, model, optimizer, scheduler, device=device, check=same_kind) if cfg.resume else 0
+    t = cfg.repeat_factor_threshold  # LVIS's rare-category oversampling, off at 0
+    repeat = repeat_factors(train.image_labels(), t) if t > 0 else None
     model.train()
 
     def save():  # what a checkpoint holds besides the optimizer, scheduler, step and RNG
@@ -272,7 +274,7 @@ def run_training(cfg, out: Path, device) -> Path:
     step = engine.train(run, TrainingStep(model, device), [p for p in model.parameters() if p.requires_grad],
                         optimizer, scheduler, train, collate=collate_detection, batch_size=cfg.batch_size,
                         start=start, save=save, augment=random_hflip_detection if cfg.hflip else None,
-                        num_workers=cfg.num_workers)
+                        num_workers=cfg.num_workers, repeat=repeat)
     elapsed = run.counts["seconds"]
     print(f"trained {step - start} steps in {elapsed:.0f} s ({(step - start) / max(elapsed, 1e-9):.2f} steps/s)")
     summary = {**run.counts, "train_skipped_at_load": dict(train.skipped), "val_skipped_at_load": dict(val.skipped)}

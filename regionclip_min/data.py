@@ -234,6 +234,10 @@ class DetectionDataset(CheckedDataset):
         self.kinds = [e.get("kind") for e in self.images]
         self._warn_skipped()
 
+    def image_labels(self) -> list[list[int]]:
+        """Each image's box labels, read from the json (no image is opened): for repeat-factor sampling."""
+        return [list(labels) for labels in self._labels]
+
     def _select(self, cats: dict, categories) -> list:
         """The kept category ids, sorted: all, those of a split (str), or those named by name or id (list)."""
         if categories is None:

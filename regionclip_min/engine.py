@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from regionclip_min import checkpoint as ckpt
-from regionclip_min.steps import StepSampler, clip_gradients, step_generator
+from regionclip_min.steps import RepeatFactorSampler, StepSampler, clip_gradients, step_generator
 
 
 # ---- several processes (torchrun) -------------------------------------------------------------------------
@@ -106,11 +106,12 @@ def resume(run: Run, module, optimizer, scheduler, *, device, check: Callable[[d
 
 def train(run: Run, model, params, optimizer, scheduler, dataset, *, collate, batch_size: int, start: int,
           save: Callable[[], dict], weight_dict: dict | None = None, augment=None, after_step=None,
-          num_workers: int = 0) -> int:
+          num_workers: int = 0, repeat: torch.Tensor | None = None) -> int:
     """Trains `model` from step `start` to run.max_steps; returns the last step. `params`: the trained tensors (for
     clipping), `batch_size` images per process and step; `augment(batch, g)` (the data pipeline's flips) runs
     before the forward, `after_step()` after the optimizer step. `save()` returns what a checkpoint holds besides
-    the optimizer, scheduler, step and RNG."""
+    the optimizer, scheduler, step and RNG. `repeat`: (N,) repeat factors (steps.repeat_factors), or None for
+    every image once per epoch."""
     weight_dict = weight_dict or {}
 
     def write(step):
@@ -120,7 +121,12 @@ def train(run: Run, model, params, optimizer, scheduler, dataset, *, collate, ba
                 "rng": ckpt.rng_state()})
             ckpt.prune_checkpoints(run.out, run.keep_ckpts)
 
-    sampler = StepSampler(len(dataset), batch_size, run.rank, run.world, run.seed, start, run.max_steps)
+    sampler = (StepSampler(len(dataset), batch_size, run.rank, run.world, run.seed, start, run.max_steps)
+               if repeat is None else
+               RepeatFactorSampler(repeat, batch_size, run.rank, run.world, run.seed, start, run.max_steps))
+    if repeat is not None and run.main:
+        print(f"repeat-factor sampling: {int((repeat > 1).sum())} of {len(repeat)} images repeated, factors up to "
+              f"{float(repeat.max()):.2f}, about {float(repeat.sum()):.0f} samples per epoch")
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
     metrics = open(run.out / "metrics.jsonl", "a") if run.main else None
     bar = tqdm(total=run.max_steps, initial=start, desc=run.desc, disable=not run.main, dynamic_ncols=True)

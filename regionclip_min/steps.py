@@ -41,6 +41,64 @@ class StepSampler(torch.utils.data.Sampler):
         return self.stop - self.start
 
 
+def repeat_factors(image_labels: list, threshold: float) -> torch.Tensor:
+    """LVIS's repeat-factor sampling (Gupta et al., CVPR 2019, Sec. 5; the official code's
+    RepeatFactorTrainingSampler): with f_c the fraction of images that hold category c,
+
+        r_c = max(1, sqrt(threshold / f_c)),        r_i = max over the categories c of image i of r_c
+
+    so an image with a rare category is seen about r_i times per epoch (1 for an image without boxes).
+
+    Args:
+        image_labels: one collection of category labels per image (repeats allowed).
+        threshold: t (the LVIS recipe: 0.001).
+    Returns:
+        (N,) float64 repeat factors, each >= 1.
+    """
+    sets = [set(int(c) for c in labels) for labels in image_labels]
+    counts: dict[int, int] = {}
+    for cats in sets:
+        for c in cats:
+            counts[c] = counts.get(c, 0) + 1
+    r_cat = {c: max(1.0, math.sqrt(threshold / (k / len(sets)))) for c, k in counts.items()}
+    return torch.tensor([max((r_cat[c] for c in cats), default=1.0) for cats in sets], dtype=torch.float64)
+
+
+class RepeatFactorSampler(torch.utils.data.Sampler):
+    """StepSampler over repeat-factor epochs: in epoch e image i appears floor(r_i) times, once more with probability
+    frac(r_i) (stochastic rounding, as the official sampler), the list shuffled; both draws come from a generator
+    seeded by (seed, e), so a step's batch stays a function of (seed, step) and --resume draws what an uninterrupted
+    run draws. The last partial global batch of an epoch is dropped."""
+
+    def __init__(self, factors: torch.Tensor, batch, rank, world, seed, start, stop):
+        self.factors, self.batch, self.rank, self.world, self.seed = factors, batch, rank, world, seed
+        self.start, self.stop = start, stop
+
+    def epoch(self, e: int) -> list[int]:
+        """Epoch e's shuffled index list (each image repeated by its stochastically rounded factor)."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + e)
+        whole = self.factors.floor()
+        reps = (whole + (torch.rand(len(self.factors), generator=g, dtype=torch.float64) < self.factors - whole))
+        indices = torch.repeat_interleave(torch.arange(len(self.factors)), reps.long())
+        return indices[torch.randperm(len(indices), generator=g)].tolist()
+
+    def __iter__(self):
+        per_step = self.batch * self.world
+        step, e = 0, 0
+        while step < self.stop:
+            order = self.epoch(e)
+            steps = len(order) // per_step
+            if steps == 0:
+                raise ValueError(f"an epoch of {len(order)} samples is less than one global batch of {per_step}")
+            for pos in range(max(0, self.start - step), min(steps, self.stop - step)):
+                first = (pos * self.world + self.rank) * self.batch
+                yield order[first:first + self.batch]
+            step, e = step + steps, e + 1
+
+    def __len__(self):
+        return self.stop - self.start
+
+
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     """The generator for everything random in one step of one rank (flips, caption choice, random boxes)."""
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 101 + rank) % (2 ** 63))

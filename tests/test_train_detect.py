@@ -119,6 +119,17 @@ def test_resume_gives_identical_weights(toy_world, stage0_run, tmp_path):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
+def test_repeat_factor_sampling_trains_and_says_what_it_repeats(toy_world, stage0_run, tmp_path, capsys):
+    """--repeat_factor_threshold (the LVIS recipe) feeds the engine a RepeatFactorSampler; at t = 1 every image
+    with a box is repeated, as every category is in less than all images."""
+    out = tmp_path / "rfs"
+    train_detect.main(_args("toy", toy_world, stage0_run, out, "--max_steps", "2", "--eval_at_end", "false",
+                            "--repeat_factor_threshold", "1.0"))
+    printed = capsys.readouterr().out
+    assert "repeat-factor sampling:" in printed and "factors up to" in printed
+    assert [r["step"] for r in _metrics(out)] == [1, 2]
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(toy_world, stage0_run, tmp_path):
     out = tmp_path / "diverge"
     with pytest.raises(SystemExit, match="non-finite loss"):

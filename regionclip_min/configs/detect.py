@@ -38,6 +38,9 @@ class DetectConfig:
                            "§5.1)"})
     max_size: int = field(default=256, metadata={"help": "longest side after resizing"})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flips in training"})
+    repeat_factor_threshold: float = field(default=0.0, metadata={"help": "LVIS repeat-factor sampling: an image "
+                                           "with a category in fewer than this fraction of images is repeated (the "
+                                           "LVIS recipe: 0.001); 0: every image once per epoch"})
     num_workers: int = 1
     # ---- model
     model_name: str = field(default="RN-toy", metadata={"help": "open_clip model (RN-toy, RN50, RN50x4)"})
