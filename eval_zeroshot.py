@@ -234,8 +234,7 @@ def main(argv=None) -> dict:
     encoder = region_encoder(cfg.region_encoder, model.visual, crop_context=cfg.crop_context)
     records = encode_regions(encoder, dataset, rpn=rpn, top_k=cfg.rpn_top_k, scale=cfg.region_scale,
                              batch_size=cfg.eval_batch_size, kinds=kinds_t, max_images=cfg.eval_max_images,
-                             progress=True,
-                             device=device)
+                             progress=True, device=device)
     if not records:
         raise SystemExit(f"{cfg.instances}: no image of kind {kinds!r} to evaluate (see --kinds)")
     image_ids = [r["image_id"] for r in records]

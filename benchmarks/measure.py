@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,6 @@ from regionclip_min.regionclip import RegionCLIP, student_and_teacher
 from regionclip_min.regions import RegionEncoder
 from regionclip_min.steps import build_optimizer, clip_gradients, parameter_groups
 
-ROOT = Path(__file__).resolve().parents[1]
 PAPER_POOL = 4764  # concepts parsed from CC3M captions in the paper (Sec. 4.1)
 CORE_PARTS = ("teacher forward", "student forward", "student backward", "optimizer")
 

@@ -26,7 +26,7 @@ from torch import nn
 from regionclip_min.engine import gather_with_grad
 from regionclip_min.losses import concept_distillation, image_text_contrastive, region_text_contrastive
 from regionclip_min.pseudo_labels import pseudo_label
-from regionclip_min.regions import RegionEncoder
+from regionclip_min.regions import RegionEncoder, whole_image_boxes
 
 STUDENT_TRAINS = ("layer2", "layer3", "layer4", "attnpool")  # paper: stem and layer1 frozen (docs/DESIGN.md §4)
 
@@ -102,7 +102,7 @@ class RegionCLIP(nn.Module):
         sizes = (batch["sizes"].float() * self.region_scale).round().long().tolist()  # [h, w] of each image
         with autocast(self.amp, device):
             boxes = [b.to(device).float() for b in self.proposer(images, sizes, batch, g)]  # B x (R_i, 4)
-        whole = [images.new_tensor([[0.0, 0.0, images.shape[-1], images.shape[-2]]]) for _ in range(len(images))]
+        whole = whole_image_boxes(images)  # B x (1, 4): the image-level region
         with torch.no_grad(), autocast(self.amp, device):
             teacher_emb = self.teacher_regions(images, boxes).float()  # (R, D)
             text_emb = self.teacher.encode_text(self.tokenizer(captions).to(device)).float()  # (B, D)
