@@ -182,13 +182,10 @@ def rpn_kwargs(cfg) -> dict:
 
 
 def detector_kwargs(cfg) -> dict:
+    """build_detector's keyword arguments: the RPN's (rpn_kwargs, its own settings prefixed rpn_) and the box head's."""
     r = rpn_kwargs(cfg)
-    return dict(min_size=r["min_size"], max_size=cfg.max_size, anchor_sizes=r["anchor_sizes"],
-                aspect_ratios=r["aspect_ratios"], rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
-                rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
-                rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-                rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test, rpn_nms_thresh=cfg.rpn_nms_thresh,
-                rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+    shared = {k: r.pop(k) for k in ("min_size", "max_size", "anchor_sizes", "aspect_ratios")}
+    return dict(**shared, **{f"rpn_{k}": v for k, v in r.items()},
                 box_batch_size_per_image=cfg.box_batch_size_per_image, box_positive_fraction=cfg.box_positive_fraction,
                 box_score_thresh=cfg.box_score_thresh, box_nms=cfg.box_nms, box_nms_thresh=cfg.box_nms_thresh,
                 detections_per_img=cfg.detections_per_img, tau=cfg.tau, focal_gamma=cfg.focal_gamma,
