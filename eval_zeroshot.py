@@ -24,7 +24,8 @@ the checkpoint it was initialised from), or an open_clip model name with a tag o
   per image, each scored for every class by its probability times the RPN's objectness ** --objectness_power (a
   softmax over the vocabulary has no background, so without objectness a background box scores as high as an
   object); no box regression; NMS per class; the best 100 per image: AP50 / AP (novel / base / all), as
-  train_detect.py scores a trained detector.
+  train_detect.py scores a trained detector. --boxes file | random | grid: the same with the other proposers of
+  pretraining (regionclip_min/proposals.py), --proposals_per_image each; a file's fifth column is the objectness.
 The vocabulary is the dataset's category names, or --vocabulary: comma-separated names or a text file with one
 name per line. Extra names compete as distractors; every dataset category must be named to be scored.
 """
@@ -41,20 +42,20 @@ from pathlib import Path
 
 import torch
 
-from regionclip_min import official
+from regionclip_min import engine, official
 from regionclip_min.checkpoint import claim_result, file_digest, load_checkpoint, write_json
 from regionclip_min.cli import format_config, parse_config, run_main
 from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, encode_texts, guess_model_name, load_clip
 from regionclip_min.concepts import read_names
 from regionclip_min.data import DetectionDataset
-from regionclip_min.demo import detector_detections, read_image, zero_shot_detections
+from regionclip_min.demo import (detector_detections, read_image, report_detections, rpn_proposer,
+                                 zero_shot_detections)
 from regionclip_min.detector import load_detector, load_official_visual, visual_state_from_detector
-from regionclip_min.drawing import draw_detections
-from regionclip_min.evaluation import (encode_regions, named_as, print_named_as, region_detections,
+from regionclip_min.evaluation import (encode_regions, eval_indices, named_as, print_zero_shot, region_detections,
                                        save_region_features, top1_accuracy, vocabulary_index, whole_image_accuracy)
+from regionclip_min.proposals import build_proposer
 from regionclip_min.regions import region_encoder
-from regionclip_min.rpn import load_rpn
-from regionclip_min.scoring import ovd_ap
+from regionclip_min.scoring import is_federated, ovd_ap
 from regionclip_min.steps import resolve_device
 
 
@@ -127,10 +128,6 @@ def class_embeddings(cfg, names: list[str], model, tokenizer, own: torch.Tensor 
     return encode_texts(model, tokenizer, names, templates).cpu()  # (V, D)
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:5.1f}" if v == v else "  n/a"
-
-
 def _default_out(cfg, kind: str) -> Path:
     if cfg.out:
         return Path(cfg.out)
@@ -140,12 +137,18 @@ def _default_out(cfg, kind: str) -> Path:
     return Path("results/zeroshot") / f"{cfg.model_name}-{weights}-{kind}.json"
 
 
+def per_image(cfg) -> int:
+    """Proposals per image asked for (an image may have fewer)."""
+    return cfg.rpn_top_k if cfg.boxes == "rpn" else cfg.proposals_per_image
+
+
 def run_inputs(cfg) -> dict:
     """What a result was computed from, by content: the weights, the data, and the class embeddings and RPN used."""
     weights = cfg.checkpoint or cfg.pretrained
     inputs = {"weights": weights, "weights_sha256": file_digest(weights) if weights else None,
               "instances": cfg.instances, "instances_sha256": file_digest(cfg.instances)}
-    for name in ("text_checkpoint", "class_embeddings") + (("rpn_checkpoint",) if cfg.boxes == "rpn" else ()):
+    used = {"rpn": ("rpn_checkpoint",), "file": ("proposals_file",)}.get(cfg.boxes, ())
+    for name in ("text_checkpoint", "class_embeddings") + used:
         if getattr(cfg, name):
             inputs[f"{name}_sha256"] = file_digest(getattr(cfg, name))
     return inputs
@@ -162,27 +165,14 @@ def run_demo(cfg, image, model, class_emb, names, desc, device, detector=None) -
         use_rpn = cfg.image_boxes == "rpn" or cfg.image_boxes == "auto" and Path(cfg.rpn_checkpoint).is_file()
         encoder = region_encoder(cfg.region_encoder, model.visual, crop_context=cfg.crop_context)
         dets, record, source = zero_shot_detections(
-            model.visual, image, class_emb, rpn=load_rpn(cfg.rpn_checkpoint, device=device) if use_rpn else None,
-            top_k=cfg.rpn_top_k, scale=cfg.region_scale, tau=cfg.tau, nms_thresh=cfg.nms_thresh,
-            objectness_power=cfg.objectness_power, encoder=encoder, device=device)
-    shown = [d for d in dets if d["score"] >= cfg.score_thresh][:cfg.max_boxes]
-    print(f"\n{'detection' if detector is not None else 'zero-shot detection'} in {path} ({image.shape[-1]} x "
-          f"{image.shape[-2]} px), {desc}, {source}, {len(names)} names")
-    print("| # | name | score | box x1, y1, x2, y2 |\n|---|---|---|---|")
-    for i, d in enumerate(shown, 1):
-        x, y, w, h = d["bbox"]
-        print(f"| {i} | {names[d['category_id']]} | {d['score']:.3f} | {x:.0f}, {y:.0f}, {x + w:.0f}, {y + h:.0f} |")
-    if not shown:
-        print(f"(no detection scores {cfg.score_thresh} or more; best: "
-              f"{max((d['score'] for d in dets), default=0):.3f}; lower --score_thresh)")
+            model.visual, image, class_emb,
+            proposer=rpn_proposer(cfg.rpn_checkpoint, cfg.rpn_top_k, device) if use_rpn else None,
+            scale=cfg.region_scale, tau=cfg.tau, nms_thresh=cfg.nms_thresh, objectness_power=cfg.objectness_power,
+            encoder=encoder, device=device)
     out_png = Path(cfg.out_image) if cfg.out_image else Path("results/demo") / f"{path.stem}.png"
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    boxes = torch.tensor([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3]]
-                          for d in shown]).reshape(-1, 4)  # (n, 4) xyxy
-    draw_detections(image, boxes, [names[d["category_id"]] for d in shown],
-                    torch.tensor([d["score"] for d in shown]), out_png, score_thresh=cfg.score_thresh,
-                    max_boxes=len(shown), scale=cfg.draw_scale)
-    print(f"drawn to {out_png}")
+    what = f"{'detection' if detector is not None else 'zero-shot detection'} in {path}"
+    shown = report_detections(image, dets, names, f"{what}, {desc}, {source}", out_png, score_thresh=cfg.score_thresh,
+                              max_boxes=cfg.max_boxes, draw_scale=cfg.draw_scale)
     if cfg.save_region_features and record is not None:
         save_region_features(cfg.save_region_features, [record], [], "image", desc, cfg.region_scale)
     return {"image": str(path), "detections": [{**d, "name": names[d["category_id"]]} for d in shown],
@@ -193,10 +183,23 @@ def main(argv=None) -> dict:
     cfg, _ = parse_config(EvalConfig, argv, description=__doc__)
     check_config(cfg)
     cfg.device = resolve_device(cfg.device)
-    device = torch.device(cfg.device)
+    rank, world = engine.init_distributed(cfg.device)  # torchrun: the images are sharded over the ranks
+    device = engine.process_device(cfg.device)
+    if world > 1 and cfg.image is not None:
+        raise SystemExit("--image (the demo) runs in one process: run it without torchrun")
     if cfg.image_root is None and (Path(cfg.instances).parent / "images").is_dir():
         cfg.image_root = str(Path(cfg.instances).parent / "images")
-    print(f"resolved config:\n{format_config(cfg)}")
+    if rank == 0:
+        print(f"resolved config ({world} process{'es' if world > 1 else ''}):\n{format_config(cfg)}")
+    try:
+        return evaluate(cfg, device, rank)
+    finally:
+        engine.finish_distributed()
+
+
+def evaluate(cfg, device, rank: int) -> dict:
+    """The demo, or the dataset's regions encoded (sharded over the ranks under torchrun) and scored by rank 0;
+    the results dict (on the other ranks, {"rank", "scored_by": 0})."""
     t0 = time.time()
     vocab, source = (read_names(cfg.vocabulary, dedupe=cfg.class_embeddings is None) if cfg.vocabulary is not None
                      else (None, None))
@@ -226,18 +229,28 @@ def main(argv=None) -> dict:
     for k, r in enumerate(rows):
         cat_of_row[r] = dataset.category_ids[k]
     kinds, kinds_t = resolve_kinds(cfg, dataset)
+    proposer, counts = None, {}
+    if cfg.boxes != "gt":  # proposals are found on the dataset's [0, 1] images, before the enlargement for pooling
+        ids = [dataset.image_ids[i] for i in eval_indices(dataset, kinds_t, cfg.eval_max_images)]
+        proposer, counts = build_proposer(cfg.boxes, per_image=None if cfg.boxes == "rpn" else cfg.proposals_per_image,
+                                          image_ids=ids, rpn_checkpoint=cfg.rpn_checkpoint, rpn_top_k=cfg.rpn_top_k,
+                                          nms_thresh=None, clip_normalized=False, proposals_file=cfg.proposals_file,
+                                          device=device)
     out, inputs = _default_out(cfg, cfg.boxes), run_inputs(cfg)
-    claim_result(out, inputs, overwrite=cfg.overwrite)
+    if rank == 0:
+        claim_result(out, inputs, overwrite=cfg.overwrite)
     model, tokenizer, desc, own = load_model(cfg, device)
     class_emb = class_embeddings(cfg, names, model, tokenizer, own)  # (V, D)
-    rpn = load_rpn(cfg.rpn_checkpoint, device=device) if cfg.boxes == "rpn" else None
     encoder = region_encoder(cfg.region_encoder, model.visual, crop_context=cfg.crop_context)
-    records = encode_regions(encoder, dataset, rpn=rpn, top_k=cfg.rpn_top_k, scale=cfg.region_scale,
+    records = encode_regions(encoder, dataset, proposer=proposer, scale=cfg.region_scale,
                              batch_size=cfg.eval_batch_size, kinds=kinds_t, max_images=cfg.eval_max_images,
                              progress=True, device=device)
+    if records is None:  # a rank other than 0: its share went to rank 0, which scores
+        return {"rank": rank, "scored_by": 0}
     if not records:
         raise SystemExit(f"{cfg.instances}: no image of kind {kinds!r} to evaluate (see --kinds)")
     image_ids = [r["image_id"] for r in records]
+    max_dets = cfg.max_dets or (300 if is_federated({"images": dataset.images}) else 100)
     print(f"scoring the regions of {len(records)} images (COCOeval{', whole images' if cfg.boxes == 'gt' else ''}) ...")
     novel = [c for c, s in zip(dataset.category_ids, dataset.category_splits) if s == "novel"]
     base = [c for c in dataset.category_ids if c not in set(novel)]
@@ -246,39 +259,30 @@ def main(argv=None) -> dict:
                "region_encoder": cfg.region_encoder + (f" (context {cfg.crop_context})" if cfg.region_encoder == "crop"
                                                        else ""),
                "vocabulary": names if vocab else "dataset categories", "templates": cfg.templates, "tau": cfg.tau,
-               "n_images": len(records)}
+               "n_images": len(records), "max_dets": max_dets}
+    dets = region_detections(records, class_emb, cat_of_row, tau=cfg.tau, max_dets=max_dets,
+                             **({"nms_thresh": None} if cfg.boxes == "gt" else
+                                {"nms_thresh": cfg.nms_thresh, "objectness_power": cfg.objectness_power}))
+    ap = ovd_ap(dataset.coco_json_path, dets, novel_ids=novel, base_ids=base, image_ids=image_ids, max_dets=max_dets)
     if cfg.boxes == "gt":
-        dets = region_detections(records, class_emb, cat_of_row, tau=cfg.tau, nms_thresh=None)
-        ap = ovd_ap(dataset.coco_json_path, dets, novel_ids=novel, base_ids=base, image_ids=image_ids)
         results["gt_box_top1"] = top1_accuracy(records, class_emb, dataset.category_splits, rows)
         results["gt_box_ap50"] = ap["ap50"]
         results["gt_box_named_as"] = named_as(records, class_emb, names, dataset.category_names)
         results["whole_image_top1"] = whole_image_accuracy(model, dataset, class_emb, batch_size=cfg.eval_batch_size,
                                                            vocab_index=rows, device=device)
     else:
-        dets = region_detections(records, class_emb, cat_of_row, tau=cfg.tau, nms_thresh=cfg.nms_thresh,
-                                 objectness_power=cfg.objectness_power)
-        ap = ovd_ap(dataset.coco_json_path, dets, novel_ids=novel, base_ids=base, image_ids=image_ids)
-        results.update(rpn_checkpoint=cfg.rpn_checkpoint, rpn_top_k=cfg.rpn_top_k, nms_thresh=cfg.nms_thresh,
-                       objectness_power=cfg.objectness_power, rpn_ap50=ap["ap50"], rpn_ap=ap["ap"])
+        source = ({"rpn_checkpoint": cfg.rpn_checkpoint, "rpn_top_k": cfg.rpn_top_k} if cfg.boxes == "rpn" else
+                  {"proposals_file": cfg.proposals_file} if cfg.boxes == "file" else {})
+        results.update(**source, **counts, proposals_per_image=per_image(cfg), nms_thresh=cfg.nms_thresh,
+                       objectness_power=cfg.objectness_power)
+        results[f"{cfg.boxes}_ap50"], results[f"{cfg.boxes}_ap"] = ap["ap50"], ap["ap"]
+    results["protocol"] = ap["protocol"]  # "coco", or "lvis-federated" for an LVIS-format json
+    if "lvis" in ap:
+        results["lvis_ap"] = ap["lvis"]  # APr / APc / APf / AP, IoU 0.50:0.95
     results["per_category_ap50"] = {n: v["ap50"] for n, v in ap["per_category"].items()}
     results["seconds"] = round(time.time() - t0, 1)
 
-    print(f"\nzero-shot {'recognition with ground-truth boxes' if cfg.boxes == 'gt' else 'detection, RPN boxes'}, "
-          f"{desc}, {len(records)} images of kind {kinds!r}, regions pooled at {cfg.region_scale:g}x")
-    if cfg.boxes == "gt":
-        acc, a50, whole = results["gt_box_top1"], results["gt_box_ap50"], results["whole_image_top1"]
-        print("| GT-box top-1 all | base | novel | boxes | AP50 novel | base | all | whole-image top-1 | images |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        print(f"| {_pct(acc['all'])} | {_pct(acc['base'])} | {_pct(acc['novel'])} | {acc['n_boxes']} | "
-              f"{_pct(a50['novel'])} | {_pct(a50['base'])} | {_pct(a50['all'])} | {_pct(whole['accuracy'])} | "
-              f"{whole['n_images']} |")
-        print_named_as(results["gt_box_named_as"], dataset)
-    else:
-        a50, a = results["rpn_ap50"], results["rpn_ap"]
-        print("| RPN AP50 novel | base | all | AP all | proposals / image | images |\n|---|---|---|---|---|---|")
-        print(f"| {_pct(a50['novel'])} | {_pct(a50['base'])} | {_pct(a50['all'])} | {_pct(a['all'])} | "
-              f"{cfg.rpn_top_k} | {len(records)} |")
+    print_zero_shot(results, desc, dataset)
     write_json(out, {**results, "inputs": inputs})
     print(f"results written to {out} ({results['seconds']} s)")
     if cfg.save_region_features:

@@ -20,8 +20,7 @@ function of (seed, step): the global RNG is reseeded from the step's generator, 
 from __future__ import annotations
 
 from regionclip_min.cli import answer_usage
-from regionclip_min.configs.detect import (COCO_OVD_BASE, COCO_OVD_NOVEL, PRESETS, DetectConfig, check_config,
-                                           coco_ovd_names, detector_kwargs, novel_base_ids, rpn_kwargs)
+from regionclip_min.configs.detect import PRESETS, DetectConfig, check_config, detector_kwargs, rpn_kwargs
 
 if __name__ == "__main__":  # --help and option mistakes answered before the heavy imports below
     answer_usage(DetectConfig, PRESETS, __doc__)
@@ -30,41 +29,26 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from regionclip_min import checkpoint as ckpt
 from regionclip_min import engine, official
 from regionclip_min.cli import config_to_dict, flags, format_config, parse_config, preset_of, run_main, weights_choice
 from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, encode_texts, load_clip
 from regionclip_min.concepts import read_names
-from regionclip_min.data import DetectionDataset, collate_detection, image_root_beside
+from regionclip_min.data import DetectionDataset, collate_detection
 from regionclip_min.detector import TrainingStep, build_detector, detector_from_official, load_detector
 from regionclip_min.drawing import draw_predictions
 from regionclip_min.rpn import ProposalNetwork, load_rpn
 from regionclip_min.scoring import open_vocabulary_ap, rpn_recall
+from regionclip_min.splits import detection_datasets, novel_base_ids
 from regionclip_min.steps import build_optimizer, make_scheduler, parameter_groups, repeat_factors, resolve_device
 from regionclip_min.transforms import random_hflip_detection
 
 
 def load_datasets(cfg, *, train: bool = True) -> tuple[DetectionDataset | None, DetectionDataset]:
-    """(train set with the base categories, or None when not `train`; val set with every evaluated category). Images
-    stay in [0, 1] at their own size: the detector's transform resizes and normalises them."""
-    train_cats, val_cats = "base", None  # json: the "split" field; val keeps every category
-    if cfg.category_split == "coco-ovd":  # the 48 / 17 names each json has (a COCO subset keeps its own share)
-        train_cats = coco_ovd_names(cfg.train_json, COCO_OVD_BASE, "train")
-        val_cats = coco_ovd_names(cfg.val_json, COCO_OVD_BASE + COCO_OVD_NOVEL, "val")
-    root = image_root_beside(cfg.train_json, cfg.image_root)
-    try:
-        train = (DetectionDataset(cfg.train_json, root, categories=train_cats, drop_empty=cfg.drop_empty)
-                 if train else None)
-    except ValueError as e:
-        if "no category has split" not in str(e):
-            raise
-        raise SystemExit(f"{e}. --category_split json reads each category's \"split\" field: mark the categories "
-                         f"of {cfg.train_json} with \"split\": \"base\" (trained on) or \"novel\" (held out), or "
-                         f"use --category_split coco-ovd for COCO names") from None
-    val = DetectionDataset(cfg.val_json, image_root_beside(cfg.val_json, cfg.val_image_root or cfg.image_root),
-                           categories=val_cats)
-    return train, val
+    return detection_datasets(cfg.category_split, cfg.train_json, cfg.val_json, image_root=cfg.image_root,
+                              val_image_root=cfg.val_image_root, drop_empty=cfg.drop_empty, train=train)
 
 
 def build(cfg, train: DetectionDataset, val: DetectionDataset, device) -> tuple[torch.nn.Module, dict]:
@@ -119,13 +103,15 @@ def make_optimizer(cfg, model):
 
 
 # ---- evaluation -------------------------------------------------------------------------------------------------
-def evaluate_detector(cfg, model, val: DetectionDataset, emb_test: torch.Tensor, out: Path, device) -> dict:
+def evaluate_detector(cfg, model, val: DetectionDataset, emb_test: torch.Tensor, out: Path, device) -> dict | None:
     """AP50 novel / base / all and AP over every val category (scoring.open_vocabulary_ap), and a few val images
-    drawn to out/predictions."""
-    novel, base = novel_base_ids(cfg, val)
+    drawn to out/predictions. Under torchrun the images are sharded over the ranks; rank 0 scores and draws, the
+    others return None."""
+    novel, base = novel_base_ids(cfg.category_split, val)
     metrics = open_vocabulary_ap(model, val, emb_test, novel, base, batch_size=cfg.eval_batch_size,
                                  max_images=cfg.eval_max_images, max_dets=cfg.detections_per_img, device=device)
-    draw_predictions(model, val, cfg.draw_images, out / "predictions", novel, device)
+    if metrics is not None:
+        draw_predictions(model, val, cfg.draw_images, out / "predictions", novel, device)
     return metrics
 
 
@@ -137,14 +123,17 @@ def eval_inputs(cfg, checkpoint: Path) -> dict:
 
 
 def evaluate(cfg, model, kind: str, val: DetectionDataset, emb_test, out: Path, step: int | None, device, *,
-             checkpoint: Path | None = None) -> dict:
-    """Score a trained model on the val set and write results.json (and predictions/*.png for a detector)."""
+             checkpoint: Path | None = None) -> dict | None:
+    """Score a trained model on the val set and write results.json (and predictions/*.png for a detector); under
+    torchrun the val images are sharded over the ranks and rank 0 scores and writes (the others return None)."""
     model.eval()
     if kind == "rpn":
         results = rpn_recall(model, val, batch_size=cfg.eval_batch_size, max_images=cfg.eval_max_images,
                              device=device)
     else:
         results = evaluate_detector(cfg, model, val, emb_test.to(device), out, device)
+    if results is None:  # a rank other than 0 under torchrun: it detected its share, rank 0 scores
+        return None
     checkpoint = checkpoint or out / "final.pt"
     results = {**results, "checkpoint": str(checkpoint), "step": step, "inputs": eval_inputs(cfg, checkpoint)}
     ckpt.write_json(out / "results.json", results)
@@ -153,13 +142,14 @@ def evaluate(cfg, model, kind: str, val: DetectionDataset, emb_test, out: Path, 
     return results
 
 
-def eval_only(cfg, out: Path, device) -> Path:
+def eval_only(cfg, out: Path, device, rank: int = 0) -> Path:
     """--eval_only: rebuild the model from --checkpoint (default out_dir/final.pt) alone and score it. Ours carries
     its vocabulary; an official RegionCLIP detector is mapped by `official_detector`."""
     final = Path(cfg.checkpoint) if cfg.checkpoint else out / "final.pt"
     if not final.is_file():
         raise SystemExit(f"--eval_only: {final} does not exist (--checkpoint, or out_dir/final.pt)")
-    ckpt.claim_result(out / "results.json", eval_inputs(cfg, final), overwrite=cfg.overwrite, option="--out_dir")
+    if rank == 0:
+        ckpt.claim_result(out / "results.json", eval_inputs(cfg, final), overwrite=cfg.overwrite, option="--out_dir")
     state = ckpt.load_checkpoint(final)
     is_official = official.checkpoint_layout(state) == official.DETECTOR
     if not is_official and state.get("kind") not in ("rpn", "detector"):
@@ -216,40 +206,55 @@ def main(argv=None):
     weights_choice(cfg)
     check_config(cfg)
     cfg.device = resolve_device(cfg.device)
-    device = torch.device(cfg.device)
+    rank, world = engine.init_distributed(cfg.device)  # torchrun: one process per GPU (or CPU, with gloo)
+    device = engine.process_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    if cfg.batch_size % world and not cfg.eval_only:
+        raise SystemExit(f"--batch_size {cfg.batch_size} is the global batch: it must split evenly over {world} ranks")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"resolved config (preset {preset}):\n{format_config(cfg)}")
+    if rank == 0:
+        print(f"resolved config (preset {preset}, {world} process{'es' if world > 1 else ''}, "
+              f"{cfg.batch_size // world} images each):\n{format_config(cfg)}")
     if cfg.eval_only:
-        return eval_only(cfg, out, device)
-    lock = ckpt.claim_out_dir(out, resume=cfg.resume, overwrite=cfg.overwrite,
-                              command="train_detect.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        final = eval_only(cfg, out, device, rank)
+        engine.finish_distributed()
+        return final
+    lock = None
+    if rank == 0:  # one writer per out_dir; the other ranks wait until it is claimed (and emptied, on --overwrite)
+        lock = ckpt.claim_out_dir(out, resume=cfg.resume, overwrite=cfg.overwrite,
+                                  command="train_detect.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    engine.barrier()
     try:
-        return run_training(cfg, out, device)
+        return run_training(cfg, out, device, rank, world)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
-def run_training(cfg, out: Path, device) -> Path:
-    (out / "config.json").write_text(format_config(cfg))
+def run_training(cfg, out: Path, device, rank: int = 0, world: int = 1) -> Path:
+    main_rank = rank == 0
+    if main_rank:
+        (out / "config.json").write_text(format_config(cfg))
     for path in (cfg.init, cfg.rpn_checkpoint if cfg.rpn == "offline" and cfg.task == "detector" else None):
         if path is not None and not Path(path).is_file():
             raise SystemExit(f"checkpoint {path} not found (--init / --rpn_checkpoint); run the stage that writes it "
                              f"first, or pass another path")
     train, val = load_datasets(cfg)
-    print(f"train: {train.summary()}\nval: {val.summary()}")
+    if main_rank:
+        print(f"train: {train.summary()}\nval: {val.summary()}")
     train.check_images("--image_root")  # both, before any work: a wrong root would train or score nothing
     if cfg.eval_at_end:
         val.check_images("--val_image_root")
     torch.manual_seed(cfg.seed)
     model, meta = build(cfg, train, val, device)
-    (out / "config.json").write_text(format_config(cfg))  # again: build() resolves --tau_from_init
+    if main_rank:
+        (out / "config.json").write_text(format_config(cfg))  # again: build() resolves --tau_from_init
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    if meta["kind"] == "detector":
+    if meta["kind"] == "detector" and main_rank:
         print(f"detector: {len(meta['class_names']['train'])} training classes {meta['class_names']['train']}; "
               f"evaluated on {len(meta['class_names']['test'])}; RPN {cfg.rpn}")
     optimizer = make_optimizer(cfg, model)
@@ -257,7 +262,7 @@ def run_training(cfg, out: Path, device) -> Path:
                                max_steps=cfg.max_steps, lr_steps=cfg.lr_steps)
     # torchvision draws anchors / RoIs to sample and the training size from the global RNG: reseeded every step
     run = engine.Run(out, cfg.seed, cfg.max_steps, cfg.log_every, cfg.ckpt_every, cfg.keep_ckpts, cfg.grad_clip,
-                     reseed_global=True, desc=cfg.task)
+                     reseed_global=True, rank=rank, world=world, desc=cfg.task)
 
     def same_kind(state):
         if state.get("kind") != meta["kind"]:
@@ -271,17 +276,27 @@ def run_training(cfg, out: Path, device) -> Path:
     def save():  # what a checkpoint holds besides the optimizer, scheduler, step and RNG
         return {"model": model.state_dict(), "config": config_to_dict(cfg), "model_name": cfg.model_name, **meta}
 
-    step = engine.train(run, TrainingStep(model, device), [p for p in model.parameters() if p.requires_grad],
-                        optimizer, scheduler, train, collate=collate_detection, batch_size=cfg.batch_size,
+    step_model = TrainingStep(model, device)
+    if world > 1:  # gradients averaged over the ranks; frozen parts (stem, layer1, an offline RPN) take no part
+        step_model = DDP(step_model, device_ids=[device.index] if device.type == "cuda" else None,
+                         broadcast_buffers=False)
+    step = engine.train(run, step_model, [p for p in model.parameters() if p.requires_grad],
+                        optimizer, scheduler, train, collate=collate_detection, batch_size=cfg.batch_size // world,
                         start=start, save=save, augment=random_hflip_detection if cfg.hflip else None,
                         num_workers=cfg.num_workers, repeat=repeat)
-    elapsed = run.counts["seconds"]
-    print(f"trained {step - start} steps in {elapsed:.0f} s ({(step - start) / max(elapsed, 1e-9):.2f} steps/s)")
-    summary = {**run.counts, "train_skipped_at_load": dict(train.skipped), "val_skipped_at_load": dict(val.skipped)}
-    ckpt.write_json(out / "run_summary.json", summary)
-    print(f"run summary ({out / 'run_summary.json'}): {ckpt.strict_json(summary)}")
+    engine.check_in_sync(model)
+    if main_rank:
+        elapsed = run.counts["seconds"]
+        print(f"trained {step - start} steps in {elapsed:.0f} s ({(step - start) / max(elapsed, 1e-9):.2f} steps/s)")
+        summary = {**run.counts, "train_skipped_at_load": dict(train.skipped),
+                   "val_skipped_at_load": dict(val.skipped)}
+        ckpt.write_json(out / "run_summary.json", summary)
+        print(f"run summary ({out / 'run_summary.json'}): {ckpt.strict_json(summary)}")
     if cfg.eval_at_end:
         evaluate(cfg, model, meta["kind"], val, meta.get("class_embeddings", {}).get("test"), out, step, device)
+    engine.finish_distributed()
+    if not main_rank:
+        return out / "final.pt"
     data = flags(cfg, ("train_json", "val_json", "image_root", "val_image_root", "category_split", "model_name",
                        "min_sizes", "max_size"))
     toy = (preset_of(cfg) or "").startswith("toy")

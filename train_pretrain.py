@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from regionclip_min import checkpoint as ckpt
@@ -35,10 +34,9 @@ from regionclip_min.concepts import backend as concept_backend
 from regionclip_min.concepts import build_concept_pool, concept_embeddings, read_names
 from regionclip_min.data import ImageCaptionDataset, collate_image_caption, image_root_beside
 from regionclip_min.official import read_embeddings
-from regionclip_min.proposals import PROPOSERS, load_proposals_file
+from regionclip_min.proposals import PROPOSERS, build_proposer, proposer_problems
 from regionclip_min.regionclip import ImageTextCLIP, RegionCLIP, student_and_teacher
 from regionclip_min.regions import region_encoder
-from regionclip_min.rpn import load_rpn
 from regionclip_min.steps import build_optimizer, make_scheduler, parameter_groups, resolve_amp, resolve_device
 from regionclip_min.transforms import random_hflip_captioned
 
@@ -97,19 +95,19 @@ def main(argv=None):
     problems = choice_problems(cfg, {"stage": ("clip", "regionclip"), "schedule": ("multistep", "cosine"),
                                      "negatives": ("regions", "pool"), "proposals": tuple(PROPOSERS),
                                      "teacher": ("pooled", "crop"), "amp": ("none", "bf16", "auto")})
+    if cfg.proposals in PROPOSERS:
+        problems += proposer_problems(cfg.proposals, cfg.rpn_checkpoint, cfg.proposals_file)
     if problems:
         raise SystemExit("; ".join(problems))
     if cfg.concept_embeddings is not None and cfg.concepts is None:
         raise SystemExit("--concept_embeddings needs --concepts: the names file of its rows, one per line, in order")
-    if cfg.proposals == "rpn" and not (cfg.rpn_checkpoint and Path(cfg.rpn_checkpoint).is_file()):
-        raise SystemExit(f"--proposals rpn needs --rpn_checkpoint, an RPN checkpoint ({cfg.rpn_checkpoint} does not "
-                         f"exist; train one: python train_detect.py --preset toy-rpn)")
     cfg.device = resolve_device(cfg.device)
     rank, world = engine.init_distributed(cfg.device)
     lock = None
     if rank == 0:  # one writer per out_dir; a finished run is not overwritten by accident
         lock = ckpt.claim_out_dir(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite,
                                   command="train_pretrain.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    engine.barrier()  # the other ranks read out_dir (resume) only once rank 0 has claimed it
     try:
         return run_training(cfg, preset, rank, world)
     finally:
@@ -117,39 +115,16 @@ def main(argv=None):
             lock.release()
 
 
-def check_proposals_file(path, table: dict, dataset) -> dict:
-    """Every training image must have a row in the proposals file (else SystemExit naming the file and the ids);
-    ids the dataset lacks are ignored and images with no proposal only add the image-text loss: both counted."""
-    ids = [image_id for _, _, image_id, _ in dataset.items]
-    missing = [i for i in ids if i not in table]
-    if missing:
-        raise SystemExit(f"{path}: no proposals for {len(missing)} of the {len(ids)} training images (image ids "
-                         f"{missing[:8]}{' ...' if len(missing) > 8 else ''}); give every image a row (an empty "
-                         f"list is allowed)")
-    known = set(ids)
-    counts = {"proposal_ids_not_in_dataset": sum(1 for i in table if i not in known),
-              "images_without_proposals": sum(1 for i in ids if len(table[i]) == 0)}
-    if any(counts.values()):
-        print(f"{path}: {counts['proposal_ids_not_in_dataset']} image ids that the dataset lacks (ignored), "
-              f"{counts['images_without_proposals']} images with no proposal (image-text loss only)")
-    return counts
-
-
-def build_proposer(cfg, dataset, device, summary: dict):
-    """The `--proposals` method (proposals.PROPOSERS), from its inputs; a proposals file is checked against the
-    dataset first (its counts go to `summary`)."""
-    n = cfg.proposals_per_image
-    if cfg.proposals == "rpn":
-        return PROPOSERS["rpn"](load_rpn(cfg.rpn_checkpoint, device), top_k=cfg.rpn_top_k, per_image=n)
-    if cfg.proposals == "file":
-        try:
-            table = load_proposals_file(cfg.proposals_file)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"--proposals_file: {e}") from None
-        summary.update(check_proposals_file(cfg.proposals_file, table, dataset))
-        return PROPOSERS["file"](table, per_image=n, image_size=cfg.image_size, max_size=cfg.max_size,
-                                 scale=cfg.region_scale)
-    return PROPOSERS[cfg.proposals](per_image=n)
+def proposer(cfg, dataset, device, summary: dict):
+    """The `--proposals` method for pretraining's batches (CLIP-normalised, enlarged by --region_scale); a
+    proposals file's counts go to `summary`."""
+    made, counts = build_proposer(cfg.proposals, per_image=cfg.proposals_per_image,
+                                  image_ids=[image_id for _, _, image_id, _ in dataset.items],
+                                  rpn_checkpoint=cfg.rpn_checkpoint, rpn_top_k=cfg.rpn_top_k, nms_thresh=0.5,
+                                  proposals_file=cfg.proposals_file, scale=cfg.region_scale,
+                                  crop_size=cfg.image_size if cfg.max_size is None else None, device=device)
+    summary.update(counts)
+    return made
 
 
 def build_objective(cfg, dataset, student, teacher, tokenizer, device, summary: dict, verbose: bool = True):
@@ -167,7 +142,7 @@ def build_objective(cfg, dataset, student, teacher, tokenizer, device, summary: 
               f"tau {tau:.4f}" + (f", image-text tau {image_tau:.4f}" if image_tau is not None else ""))
     model = RegionCLIP(student.visual, teacher, region_encoder(cfg.teacher, teacher.visual,
                                                                 crop_context=cfg.crop_context),
-                       captions, concept_emb, build_proposer(cfg, dataset, device, summary), tau=tau,
+                       captions, concept_emb, proposer(cfg, dataset, device, summary), tau=tau,
                        image_tau=image_tau, weights=loss_weights(cfg),
                        region_scale=cfg.region_scale, pseudo_threshold=cfg.pseudo_threshold, negatives=cfg.negatives,
                        amp=cfg.amp, channels_last=cfg.channels_last)
@@ -216,12 +191,7 @@ def run_training(cfg, preset, rank: int, world: int):
     if run.main:
         finish(cfg, run, {**summary, **run.counts, **getattr(model, "counts", {}),
                           "dataset_skipped_at_load": dict(dataset.skipped)}, step)
-    if dist.is_initialized():
-        msg = engine.check_replicas_in_sync(student)
-        if run.main:
-            print(msg)
-        dist.barrier()
-        dist.destroy_process_group()
+    engine.finish_distributed(student)
     return run.out / "final.pt"
 
 

@@ -6,7 +6,7 @@
 
 Weights in (an open_clip name with a weights file or tag, our checkpoints, or an official RegionCLIP checkpoint:
 whatever `clip_model.load_clip` takes), an image and names in, boxes, names and scores out. The proposals are an RPN
-checkpoint's (`rpn=`, train_detect.py --task rpn) or multi-scale sliding windows (`proposals.window_boxes`, no
+checkpoint's (`rpn=`, train_detect.py --task rpn) or multi-scale sliding windows (`proposals.WindowProposer`, no
 training needed); each box goes through the region path (res4 -> RoIAlign -> layer4 -> attention pool) and is
 scored by softmax(cos / tau) over the names, times the RPN's objectness ** 0.5, then NMS per name.
 `eval_zeroshot.py --image` is the same on the command line, with a table and a drawing.
@@ -22,14 +22,15 @@ from torchvision.transforms.functional import to_tensor
 
 from regionclip_min.clip_model import TEMPLATES, encode_texts, load_clip
 from regionclip_min.detector import set_vocabulary
+from regionclip_min.drawing import draw_detections
 from regionclip_min.evaluation import region_detections, region_embeddings
-from regionclip_min.proposals import window_boxes
+from regionclip_min.proposals import RPNProposer, WindowProposer
 from regionclip_min.regions import RegionEncoder
-from regionclip_min.rpn import load_rpn, propose
+from regionclip_min.rpn import load_rpn
 from regionclip_min.transforms import open_rgb
 
 
-def zero_shot_detections(visual, image: torch.Tensor, class_emb: torch.Tensor, *, rpn=None, top_k: int = 100,
+def zero_shot_detections(visual, image: torch.Tensor, class_emb: torch.Tensor, *, proposer=None,
                          scale: float = 1.0, tau: float = 0.01, nms_thresh: float = 0.5,
                          objectness_power: float = 0.5, encoder=None, device="cpu") -> tuple[list[dict], dict, str]:
     """(detections best first as region_detections gives them: bbox xywh pixels of `image`, score, category_id =
@@ -39,20 +40,48 @@ def zero_shot_detections(visual, image: torch.Tensor, class_emb: torch.Tensor, *
         visual: a CLIP ModifiedResNet (`model.visual`), or pass `encoder` (a region encoder built on it).
         image: (3, H, W) float RGB in [0, 1].
         class_emb: (V, D) class-name embeddings.
-        rpn: a ProposalNetwork (`rpn.load_rpn`) or None for sliding windows (objectness 1 each).
+        proposer: a `proposals.PROPOSERS` proposer for [0, 1] images, e.g. `RPNProposer(load_rpn(path), top_k=100,
+            per_image=None, nms_thresh=None, clip_normalized=False)`; None: sliding windows (objectness 1 each).
     """
-    if rpn is not None:
-        props, source = propose(rpn, [image.to(device)], top_k, with_scores=True)[0].cpu(), "RPN"  # (R, 5)
-    else:
-        windows = window_boxes(image.shape[-2], image.shape[-1])  # (R, 4)
-        props, source = torch.cat([windows, torch.ones(len(windows), 1)], dim=1), "sliding windows"  # (R, 5)
+    proposer = proposer or WindowProposer()
+    h, w = image.shape[-2:]
+    batch = {"image_ids": torch.tensor([0]), "sizes": torch.tensor([[h, w]]), "orig_sizes": torch.tensor([[w, h]])}
+    props = proposer([image.to(device)], [[h, w]], batch, torch.Generator().manual_seed(0))[0].cpu()  # (R, 5)
     encoder = (encoder or RegionEncoder(visual)).eval()
     emb = region_embeddings(encoder, [image], [props[:, :4]], scale=scale, device=device)[0].cpu()  # (R, D)
     record = {"image_id": 0, "boxes": props[:, :4], "embeddings": emb,
               "labels": torch.full((len(props),), -1, dtype=torch.int64), "objectness": props[:, 4]}
     dets = region_detections([record], class_emb, list(range(len(class_emb))), tau=tau, nms_thresh=nms_thresh,
                              objectness_power=objectness_power)
-    return dets, record, f"{len(props)} proposals ({source})"
+    return dets, record, f"{len(props)} proposals ({proposer.label})"
+
+
+def rpn_proposer(checkpoint, top_k: int = 100, device="cpu") -> RPNProposer:
+    """Zero-shot detection's RPN proposals: the `top_k` best of an RPN checkpoint, all kept, for [0, 1] images."""
+    return RPNProposer(load_rpn(checkpoint, device), top_k=top_k, per_image=None, nms_thresh=None,
+                       clip_normalized=False)
+
+
+def report_detections(image: torch.Tensor, dets: list[dict], names: list[str], title: str, out_png, *,
+                      score_thresh: float, max_boxes: int, draw_scale: int = 1) -> list[dict]:
+    """Prints the `max_boxes` best detections scoring at least `score_thresh` as a table under `title`, draws them on
+    `image` into `out_png`, and returns them."""
+    shown = [d for d in dets if d["score"] >= score_thresh][:max_boxes]
+    print(f"\n{title} ({image.shape[-1]} x {image.shape[-2]} px), {len(names)} names")
+    print("| # | name | score | box x1, y1, x2, y2 |\n|---|---|---|---|")
+    for i, d in enumerate(shown, 1):
+        x, y, w, h = d["bbox"]
+        print(f"| {i} | {names[d['category_id']]} | {d['score']:.3f} | {x:.0f}, {y:.0f}, {x + w:.0f}, {y + h:.0f} |")
+    if not shown:
+        print(f"(no detection scores {score_thresh} or more; best: "
+              f"{max((d['score'] for d in dets), default=0):.3f}; lower --score_thresh)")
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in shown)]).reshape(-1, 4)  # (n, 4)
+    draw_detections(image, boxes, [names[d["category_id"]] for d in shown], torch.tensor([d["score"] for d in shown]),
+                    out_png, score_thresh=score_thresh, max_boxes=len(shown), scale=draw_scale)
+    print(f"drawn to {out_png}")
+    return shown
 
 
 def read_image(path, option: str = "--image") -> torch.Tensor:
@@ -101,8 +130,9 @@ def detect(image, names: list[str], model_name: str = "RN50", weights: str | Non
         image = to_tensor(image.convert("RGB"))
     model, tokenizer = _model(model_name, str(weights) if weights is not None else None, device)
     class_emb = encode_texts(model, tokenizer, list(names), TEMPLATES).cpu()  # (V, D)
-    dets, _, _ = zero_shot_detections(model.visual, image, class_emb, rpn=load_rpn(rpn, device) if rpn else None,
-                                      scale=scale, tau=tau, device=device)
+    dets, _, _ = zero_shot_detections(model.visual, image, class_emb,
+                                      proposer=rpn_proposer(rpn, device=device) if rpn else None, scale=scale,
+                                      tau=tau, device=device)
     out = [{"box": [x, y, x + w, y + h], "name": names[d["category_id"]], "score": d["score"]}
            for d in dets if d["score"] >= min_score for x, y, w, h in [d["bbox"]]]
     return out[:max_boxes]

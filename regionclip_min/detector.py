@@ -22,7 +22,7 @@ Two RPN modes:
   - "offline" (the paper's): a class-agnostic `ProposalNetwork` trained alone on base boxes (train_detect.py
     --preset toy-rpn), frozen and wrapped by `FrozenRPN`; it runs its own backbone on the detector's resized,
     CLIP-normalised images and contributes no loss.
-`propose` serves the same ProposalNetwork's boxes to RegionCLIP pretraining (Sec. 3.1 proposals).
+The same ProposalNetwork's boxes serve RegionCLIP pretraining and zero-shot detection (`proposals.RPNProposer`).
 
 Why GeneralizedRCNN and not FasterRCNN(...): FasterRCNN's constructor only accepts a MultiScaleRoIAlign pooler,
 which does not use aligned=True (docs/DESIGN.md §3); so we assemble exactly the parts its constructor assembles
@@ -121,13 +121,16 @@ class FocalRoIHeads(RoIHeads):
     1/9) that offers no hook; this override keeps its sampling (`select_training_samples`) and replaces the loss:
     the focal-scaled CE of `losses.py` and an L1 box loss (detectron2's SMOOTH_L1_BETA = 0), summed over the
     foreground RoIs and divided by the number of sampled RoIs. At test, `postprocess.select_detections` (score
-    threshold, soft- or hard NMS per class, the best `detections_per_img`). Boxes only: no masks or keypoints.
+    threshold, soft- or hard NMS per class, the best `detections_per_img`), after an optional RPN-score fusion
+    (the official MULTIPLY_RPN_SCORE of the LVIS recipe: sqrt(p_class * objectness), with the objectness a
+    probability, `objectness` callable). Boxes only: no masks or keypoints.
     """
 
     def __init__(self, *args, focal_gamma: float = 0.5, background_weight: float = 0.2, nms: str = "soft",
-                 **kwargs):
+                 objectness=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.focal_gamma, self.background_weight, self.nms = focal_gamma, background_weight, nms
+        self.objectness = objectness  # None, or a callable giving the last proposals' objectness: RPN-score fusion
 
     def forward(self, features, proposals, image_shapes, targets=None):
         if self.training:  # sample positives/negatives, attach labels (0 = background) and box targets
@@ -152,6 +155,8 @@ class FocalRoIHeads(RoIHeads):
         `select_detections`. Returns lists of boxes (N, 4), scores (N,), labels (N,) in 1..K."""
         boxes = self.box_coder.decode(box_regression[:, :4], proposals)[:, 0]  # (R, 4) class-agnostic
         scores = F.softmax(class_logits, -1)[:, 1:]  # (R, K)
+        if self.objectness is not None:  # the LVIS test's fusion: sqrt(p_class * objectness)
+            scores = (scores * torch.cat(self.objectness())[:, None]).sqrt()
         out = ([], [], [])
         for b, s, shape in zip(boxes.split([len(p) for p in proposals]), scores.split([len(p) for p in proposals]),
                                image_shapes):
@@ -174,7 +179,8 @@ def build_detector(visual: nn.Module, class_embeddings: torch.Tensor, *, min_siz
                    box_score_thresh: float = 0.001, box_nms: str = "soft", box_nms_thresh: float = 0.5,
                    detections_per_img: int = 100,
                    tau: float = 0.01, focal_gamma: float = 0.5, background_weight: float = 0.2,
-                   sampling_ratio: int = 0, offline_rpn: ProposalNetwork | None = None) -> GeneralizedRCNN:
+                   sampling_ratio: int = 0, offline_rpn: ProposalNetwork | None = None,
+                   rpn_score_fusion: bool = False) -> GeneralizedRCNN:
     """The open-vocabulary detector of the transfer (see the module docstring).
 
     Args:
@@ -190,6 +196,7 @@ def build_detector(visual: nn.Module, class_embeddings: torch.Tensor, *, min_siz
         sampling_ratio: RoIAlign samples per bin (0 adaptive, exact for the whole-image box).
         offline_rpn: None = RPN trained with the detector ("joint"); a trained ProposalNetwork = frozen
             offline RPN giving rpn_post_nms_top_n_* proposals per image.
+        rpn_score_fusion: at test, score = sqrt(p_class * the proposal's objectness) (the official LVIS test).
     Returns:
         torchvision GeneralizedRCNN: train mode `model(images, targets)` -> loss dict; eval `model(images)` ->
         [{"boxes" (N, 4) xyxy pixels of the input image, "labels" (N,) in 1..K, "scores" (N,)}].
@@ -207,7 +214,8 @@ def build_detector(visual: nn.Module, class_embeddings: torch.Tensor, *, min_siz
                               TextEmbeddingPredictor(class_embeddings, tau),
                               0.5, 0.5, box_batch_size_per_image, box_positive_fraction, None,  # fg/bg IoU 0.5
                               box_score_thresh, box_nms_thresh, detections_per_img,
-                              focal_gamma=focal_gamma, background_weight=background_weight, nms=box_nms)
+                              focal_gamma=focal_gamma, background_weight=background_weight, nms=box_nms,
+                              objectness=rpn.proposal_scores if rpn_score_fusion else None)
     return GeneralizedRCNN(backbone, rpn, roi_heads, make_transform(min_size, max_size))
 
 

@@ -33,8 +33,55 @@ def init_distributed(device: str) -> tuple[int, int]:
     (rank, world_size)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
+        if device.startswith("cuda"):  # one GPU per process; collectives of Python objects use the current one
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) without torch.distributed."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def shard(indices: list, rank: int, world: int) -> list:
+    """This rank's share of `indices` for sharded evaluation: every world-th one, from position `rank`."""
+    return list(indices)[rank::world]
+
+
+def gather_to_main(items: list) -> list | None:
+    """Every rank's list, concatenated in rank order, on rank 0 (None on the other ranks): the merge of a sharded
+    evaluation. In one process, `items` itself."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return items
+    parts = [None] * world if rank == 0 else None
+    dist.gather_object(items, parts, dst=0)
+    return [x for part in parts for x in part] if rank == 0 else None
+
+
+def barrier() -> None:
+    """Waits for every rank (nothing to wait for in one process)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def check_in_sync(model) -> None:
+    """Under torchrun, `check_replicas_in_sync`, printed by rank 0; nothing in one process."""
+    if dist.is_initialized():
+        msg = check_replicas_in_sync(model)
+        if dist.get_rank() == 0:
+            print(msg)
+
+
+def finish_distributed(model=None) -> None:
+    """At the end of a torchrun run: checks that the ranks' weights agree (`model` given), then leaves the group."""
+    if not dist.is_initialized():
+        return
+    if model is not None:
+        check_in_sync(model)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def process_device(device: str) -> torch.device:

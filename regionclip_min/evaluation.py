@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from regionclip_min.checkpoint import save_checkpoint
 from regionclip_min.data import DetectionDataset, collate_detection
+from regionclip_min.engine import gather_to_main, rank_and_world, shard
 from regionclip_min.postprocess import select_detections
-from regionclip_min.rpn import propose
 from regionclip_min.transforms import CLIP_MEAN, CLIP_STD
 
 
@@ -66,40 +66,47 @@ def region_embeddings(region_encoder, images: list[torch.Tensor], boxes: list[to
 
 
 @torch.no_grad()
-def encode_regions(region_encoder, dataset: DetectionDataset, *, rpn=None, top_k: int = 100, scale: float = 1.0,
+def encode_regions(region_encoder, dataset: DetectionDataset, *, proposer=None, scale: float = 1.0,
                    batch_size: int = 32, kinds: tuple[str, ...] | None = None, max_images: int | None = None,
                    progress: bool = False, device="cpu") -> list[dict]:
-    """Region embeddings of every image's ground-truth boxes (rpn None) or of its `top_k` RPN proposals.
+    """Region embeddings of every image's ground-truth boxes (proposer None) or of its proposals.
 
     Args:
         region_encoder: a `RegionEncoder` (eval mode is set here).
         dataset: DetectionDataset; images may have any size (`min_size` too: boxes come back in json pixels).
-        rpn: None for the ground-truth boxes, or a `rpn.ProposalNetwork` (from `rpn.load_rpn`).
-        top_k: proposals per image, highest objectness first.
-        scale: enlargement of images and boxes before pooling.
+        proposer: None for the ground-truth boxes, or a `proposals.PROPOSERS` proposer built for [0, 1] images
+            (`proposals.build_proposer(..., clip_normalized=False)`); random ones draw from a generator seeded at 0.
+        scale: enlargement of images and boxes before pooling (after proposing: proposals are found at the
+            dataset's image size).
         kinds: only images whose "kind" is in this tuple (None: all). max_images: only the first this many.
     Returns:
         one dict per image: {"image_id": int, "boxes": (N, 4) xyxy pixels of the json's image, "embeddings": (N, D)
-        L2-normalised, "labels": (N,) dataset class index 0..K-1 (-1 for proposals), "objectness": (N,) in [0, 1]
-        (1 for ground-truth boxes)}, all on the CPU.
+        L2-normalised, "labels": (N,) dataset class index 0..K-1 (-1 for proposals), "objectness": (N,) the
+        proposals' scores (1 for ground-truth boxes)}, all on the CPU, in dataset order. Under torchrun each rank
+        encodes its share of the images (`engine.shard`) and rank 0 gets every record; the other ranks get None.
     """
     region_encoder.eval()
-    keep = [i for i in range(len(dataset)) if kinds is None or dataset.kinds[i] in kinds][:max_images]
+    rank, world = rank_and_world()
+    keep = shard(eval_indices(dataset, kinds, max_images), rank, world)  # all of them in one process
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, keep), batch_size=batch_size,
                                          collate_fn=collate_detection)
-    records = []
-    bar = tqdm(total=len(keep), desc="RPN boxes + regions" if rpn else "GT-box regions", unit="img",
-               disable=not progress)
+    records, g = [], torch.Generator().manual_seed(0)
+    position = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
+    bar = tqdm(total=len(keep), desc="GT-box regions" if proposer is None else "proposals + regions", unit="img",
+               disable=not progress or rank != 0)
     for start, (images, targets) in zip(range(0, len(keep), batch_size), loader):
         bar.update(min(batch_size, len(keep) - start))  # bad images (skipped by the collate) count as seen
         if not images:
             continue
-        if rpn is None:
+        if proposer is None:
             boxes = [t["boxes"] for t in targets]  # B x (N_i, 4)
             labels = [t["labels"] - 1 for t in targets]
             objectness = [torch.ones(len(b)) for b in boxes]
         else:
-            props = [p.cpu() for p in propose(rpn, [im.to(device) for im in images], top_k, with_scores=True)]
+            sizes = [list(im.shape[-2:]) for im in images]  # [h, w] of each image as the dataset gives it
+            batch = {"image_ids": torch.tensor([t["image_id"] for t in targets]), "sizes": torch.tensor(sizes),
+                     "orig_sizes": torch.stack([t["orig_size"].flip(0) for t in targets])}  # [w, h] of the files
+            props = [p.cpu() for p in proposer([im.to(device) for im in images], sizes, batch, g)]  # B x (N_i, 5)
             boxes, objectness = [p[:, :4] for p in props], [p[:, 4] for p in props]
             labels = [torch.full((len(b),), -1, dtype=torch.int64) for b in boxes]
         embs = region_embeddings(region_encoder, images, boxes, scale=scale, device=device)
@@ -109,7 +116,15 @@ def encode_regions(region_encoder, dataset: DetectionDataset, *, rpn=None, top_k
             records.append({"image_id": target["image_id"], "boxes": b.float() * to_json, "embeddings": e.cpu(),
                             "labels": lab, "objectness": obj.float()})
     bar.close()
-    return records
+    records = gather_to_main(records)  # under torchrun: every rank's share, on rank 0
+    return None if records is None else sorted(records, key=lambda r: position[r["image_id"]])
+
+
+def eval_indices(dataset: DetectionDataset, kinds: tuple[str, ...] | None = None,
+                 max_images: int | None = None) -> list[int]:
+    """The dataset indices `encode_regions` evaluates: images whose kind is in `kinds` (None: all), the first
+    `max_images` of them."""
+    return [i for i in range(len(dataset)) if kinds is None or dataset.kinds[i] in kinds][:max_images]
 
 
 def vocabulary_index(dataset_names: list[str], vocabulary: list[str], source: str = "the vocabulary") -> list[int]:
@@ -287,3 +302,34 @@ def print_named_as(table: dict, dataset: DetectionDataset, most: int = MAX_NAMED
         row = table[c]
         names = ", ".join(f"{n} {k}" for n, k in row["named_as"].items())
         print(f"  {c}{'*' if split.get(c) == 'novel' else ''} ({row['boxes']} boxes): {names}")
+
+
+def pct(v: float) -> str:
+    """A fraction as a percentage for a table ("  n/a" for nan)."""
+    return f"{100 * v:5.1f}" if v == v else "  n/a"
+
+
+def print_zero_shot(results: dict, desc: str, dataset: DetectionDataset) -> None:
+    """eval_zeroshot.py's tables from its results dict: GT-box top-1, AP50 and whole-image top-1 (with how the
+    boxes were named), or the proposals' AP50 / AP; and APr / APc / APf / AP when the json is LVIS's."""
+    boxes = results["boxes"]
+    what = "recognition with ground-truth boxes" if boxes == "gt" else f"detection, {boxes} proposals"
+    print(f"\nzero-shot {what}, {desc}, {results['n_images']} images of kind {results['kinds']!r}, regions pooled "
+          f"at {results['region_scale']:g}x")
+    if boxes == "gt":
+        acc, a50, whole = results["gt_box_top1"], results["gt_box_ap50"], results["whole_image_top1"]
+        print("| GT-box top-1 all | base | novel | boxes | AP50 novel | base | all | whole-image top-1 | images |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print(f"| {pct(acc['all'])} | {pct(acc['base'])} | {pct(acc['novel'])} | {acc['n_boxes']} | "
+              f"{pct(a50['novel'])} | {pct(a50['base'])} | {pct(a50['all'])} | {pct(whole['accuracy'])} | "
+              f"{whole['n_images']} |")
+        print_named_as(results["gt_box_named_as"], dataset)
+    else:
+        a50, a = results[f"{boxes}_ap50"], results[f"{boxes}_ap"]
+        print(f"| {'RPN' if boxes == 'rpn' else boxes} AP50 novel | base | all | AP all | proposals / image | images "
+              f"|\n|---|---|---|---|---|---|")
+        print(f"| {pct(a50['novel'])} | {pct(a50['base'])} | {pct(a50['all'])} | {pct(a['all'])} | "
+              f"{results['proposals_per_image']} | {results['n_images']} |")
+    if "lvis_ap" in results:
+        print(f"| APr | APc | APf | AP ({results['protocol']}) |\n|---|---|---|---|\n| "
+              + " | ".join(pct(results["lvis_ap"][k]) for k in ("APr", "APc", "APf", "AP")) + " |")

@@ -1,18 +1,26 @@
-"""Region proposals: where the regions of a pretraining step come from (paper Sec. 3.1), behind one interface.
+"""Region proposals: where the regions come from (paper Sec. 3.1), behind one interface that serves RegionCLIP
+pretraining (`RegionCLIP.forward`) and zero-shot evaluation (`evaluation.encode_regions`).
 
-A proposer is called as `proposer(images, sizes, batch, g)` and returns one (R_i, 4) float xyxy box tensor per
-image, in the pixels of `images` (B, 3, H, W), each inside its unpadded image (`sizes`: [h, w] per image); `batch`
-is the collated batch (image ids and original sizes, for boxes read from a file) and `g` the step's generator
-(everything random comes from it). R_i may be 0. `PROPOSERS` names them for `--proposals`; a new method is a class
-here and a row there.
+A proposer is called as `proposer(images, sizes, batch, g)` and returns one (R_i, 5) float tensor per image:
+[x1, y1, x2, y2, score], xyxy in the pixels of `images`, each box inside its unpadded image (`sizes`: [h, w] per
+image). `images` are as the caller holds them: pretraining's CLIP-normalised, enlarged, padded batch (B, 3, H, W),
+evaluation's list of [0, 1] images (a proposer that reads pixels is told which: `RPNProposer.clip_normalized`).
+`batch` holds "image_ids" (B,), "orig_sizes" (B, 2) [width, height] of the files and "sizes" (B, 2) [height,
+width] of the images before any enlargement, for boxes read from a file; `g` is the generator everything random
+comes from (the step's in pretraining, one seeded at 0 in evaluation). R_i may be 0. The score is the RPN's
+objectness, a proposals file's fifth column, or 1. `PROPOSERS` names them for `train_pretrain.py
+--proposals` and `eval_zeroshot.py --boxes`, and `build_proposer` builds one from its inputs: a new method is a
+class here and a row in `PROPOSERS` (and its inputs in `build_proposer`, if it needs new ones).
 
-    rpn     an RPN trained on base-category boxes (train_detect.py --task rpn): NMS 0.5, top `rpn_top_k`, then a
-            random subset (the paper's)
+    rpn     an RPN trained on base-category boxes (train_detect.py --task rpn): an optional NMS, the top `top_k`,
+            then a random subset of `per_image` (the paper's pretraining: NMS 0.5, 300, 100)
     random  boxes with log-uniform sides (the paper's RPN-free alternative)
     grid    a multi-scale grid (1x1, 2x2, 4x4 cells)
     file    precomputed boxes per image id (`load_proposals_file`), mapped through the image's resize
+    windows multi-scale sliding windows (`window_boxes`), large first: the demo's proposals when it has no RPN
 
-`window_boxes` (sliding windows) are the demo's proposals when it has no RPN.
+The detector takes its proposals through torchvision's RPN interface instead (`rpn(images, features, targets)`):
+its offline RPN is the same ProposalNetwork behind that interface (`rpn.FrozenRPN`).
 """
 from __future__ import annotations
 
@@ -23,66 +31,148 @@ import os
 import torch
 from torchvision.ops import boxes as box_ops
 
-from regionclip_min.rpn import propose
+from regionclip_min.rpn import load_rpn, propose
 from regionclip_min.transforms import boxes_to_resized, boxes_to_transformed
 
 
-class RPNProposer:
-    """RPN boxes after an extra NMS at `nms_thresh`, the top `top_k`, then `per_image` of them drawn at random."""
+def _scored(boxes: torch.Tensor) -> torch.Tensor:
+    """(N, 4) boxes -> (N, 5) with score 1."""
+    return torch.cat([boxes, boxes.new_ones(len(boxes), 1)], dim=1)
 
-    def __init__(self, rpn, *, top_k: int, per_image: int, nms_thresh: float = 0.5):
+
+class RPNProposer:
+    """RPN boxes with their objectness: an NMS at `nms_thresh` (None: only the RPN's own), the top `top_k`, then
+    `per_image` of them drawn at random (None: all, in objectness order). `clip_normalized`: the images it is given
+    are CLIP-normalised (pretraining's batches) rather than in [0, 1] (evaluation's)."""
+    label = "RPN"
+
+    def __init__(self, rpn, *, top_k: int, per_image: int | None, nms_thresh: float | None = 0.5,
+                 clip_normalized: bool = True):
         self.rpn, self.top_k, self.per_image, self.nms_thresh = rpn, top_k, per_image, nms_thresh
+        self.clip_normalized = clip_normalized
 
     def __call__(self, images, sizes, batch, g) -> list[torch.Tensor]:
-        boxes = propose(self.rpn, images, self.top_k, clip_normalized=True, nms_thresh=self.nms_thresh)
+        boxes = propose(self.rpn, images, self.top_k, clip_normalized=self.clip_normalized,
+                        nms_thresh=self.nms_thresh, with_scores=True)  # B x (N_i, 5)
         boxes = [inside(b, h, w) for b, (h, w) in zip(boxes, sizes)]
+        if self.per_image is None:
+            return boxes
         return [b[torch.randperm(len(b), generator=g)[: self.per_image].sort().values.to(b.device)] for b in boxes]
 
 
 class RandomProposer:
     """`per_image` random boxes per image (`random_boxes`)."""
+    label = "random boxes"
 
     def __init__(self, *, per_image: int):
         self.per_image = per_image
 
     def __call__(self, images, sizes, batch, g) -> list[torch.Tensor]:
-        return [random_boxes(self.per_image, h, w, generator=g) for h, w in sizes]
+        return [_scored(random_boxes(self.per_image, h, w, generator=g)) for h, w in sizes]
 
 
 class GridProposer:
     """The first `per_image` cells of `grid_boxes`."""
+    label = "grid cells"
 
     def __init__(self, *, per_image: int):
         self.per_image = per_image
 
     def __call__(self, images, sizes, batch, g) -> list[torch.Tensor]:
-        return [grid_boxes(h, w)[: self.per_image] for h, w in sizes]
+        return [_scored(grid_boxes(h, w)[: self.per_image]) for h, w in sizes]
 
 
 class FileProposer:
-    """The first `per_image` rows of each image's entry in a proposals file, in the pixels of the image file:
-    mapped through the resize (and centre crop, when `max_size` is None) and the enlargement by `scale`."""
+    """The first `per_image` rows of each image's entry in a proposals file (boxes in the pixels of the image
+    file), mapped to the images passed in: through the resize to `batch["sizes"]`, or, when `crop_size` is set,
+    through the resize and square centre crop of `transforms.image_transform(crop_size)`; then enlarged by
+    `scale`."""
+    label = "proposals file"
 
-    def __init__(self, table: dict, *, per_image: int, image_size: int, max_size: int | None, scale: float):
-        self.table, self.per_image, self.image_size, self.max_size, self.scale = (table, per_image, image_size,
-                                                                                  max_size, scale)
+    def __init__(self, table: dict, *, per_image: int, scale: float = 1.0, crop_size: int | None = None):
+        self.table, self.per_image, self.scale, self.crop_size = table, per_image, scale, crop_size
 
     def __call__(self, images, sizes, batch, g) -> list[torch.Tensor]:
-        boxes = []
+        out = []
         for i, size, new in zip(batch["image_ids"].tolist(), batch["orig_sizes"].tolist(), batch["sizes"].tolist()):
-            table = self.table[i]  # checked at start: present
-            rows = (boxes_to_transformed(table, tuple(size), self.image_size) if self.max_size is None
-                    else boxes_to_resized(table, tuple(size), tuple(new)))
-            boxes.append(rows[: self.per_image, :4] * self.scale)
-        return boxes
+            table = self.table[i]  # checked at start (`check_proposals_file`): present
+            rows = (boxes_to_transformed(table, tuple(size), self.crop_size) if self.crop_size is not None
+                    else boxes_to_resized(table, tuple(size), tuple(new)))[: self.per_image]
+            out.append(torch.cat([rows[:, :4] * self.scale, rows[:, 4:5]], dim=1))
+        return out
 
 
-PROPOSERS = {"rpn": RPNProposer, "random": RandomProposer, "grid": GridProposer, "file": FileProposer}
+class WindowProposer:
+    """The first `per_image` of `window_boxes` (large windows first; None: all): proposals that need no training."""
+    label = "sliding windows"
+
+    def __init__(self, *, per_image: int | None = None):
+        self.per_image = per_image
+
+    def __call__(self, images, sizes, batch, g) -> list[torch.Tensor]:
+        return [_scored(window_boxes(h, w)[: self.per_image]) for h, w in sizes]
+
+
+PROPOSERS = {"rpn": RPNProposer, "random": RandomProposer, "grid": GridProposer, "file": FileProposer,
+             "windows": WindowProposer}
+
+
+def build_proposer(name: str, *, per_image: int | None, image_ids, rpn_checkpoint=None, rpn_top_k: int = 300,
+                   nms_thresh: float | None = 0.5, clip_normalized: bool = True, proposals_file=None,
+                   scale: float = 1.0, crop_size: int | None = None, device="cpu"):
+    """(the `PROPOSERS[name]` proposer, counts for the run summary) from its inputs. Options are named as the
+    scripts name them; a missing RPN checkpoint or a proposals file that lacks some of `image_ids` (the images it
+    will be asked about) stops with SystemExit naming the file."""
+    problems = proposer_problems(name, rpn_checkpoint, proposals_file)
+    if problems:
+        raise SystemExit("; ".join(problems))
+    if name == "rpn":
+        return PROPOSERS["rpn"](load_rpn(rpn_checkpoint, device), top_k=rpn_top_k, per_image=per_image,
+                                nms_thresh=nms_thresh, clip_normalized=clip_normalized), {}
+    if name == "file":
+        try:
+            table = load_proposals_file(proposals_file)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--proposals_file: {e}") from None
+        return (PROPOSERS["file"](table, per_image=per_image, scale=scale, crop_size=crop_size),
+                check_proposals_file(proposals_file, table, list(image_ids)))
+    return PROPOSERS[name](per_image=per_image), {}
+
+
+def proposer_problems(name: str, rpn_checkpoint=None, proposals_file=None) -> list[str]:
+    """What stops `build_proposer(name, ...)` from building, as option mistakes (empty: none), checked before a
+    run starts."""
+    if name not in PROPOSERS:
+        return [f"unknown proposal method {name!r}; choose from {', '.join(PROPOSERS)}"]
+    if name == "rpn" and not (rpn_checkpoint and os.path.isfile(rpn_checkpoint)):
+        return [f"--rpn_checkpoint {rpn_checkpoint} does not exist: rpn proposals need an RPN checkpoint (train "
+                f"one: python train_detect.py --preset toy-rpn)"]
+    if name == "file" and proposals_file is None:
+        return ["file proposals need --proposals_file (json: image id -> [[x1, y1, x2, y2, score], ...])"]
+    return []
+
+
+def check_proposals_file(path, table: dict, ids: list[int]) -> dict:
+    """Every image of `ids` must have a row in the proposals file (else SystemExit naming the file and the ids);
+    ids not in `ids` are ignored and images with no proposal only add the image-text loss: both counted."""
+    missing = [i for i in ids if i not in table]
+    if missing:
+        raise SystemExit(f"{path}: no proposals for {len(missing)} of the {len(ids)} images (image ids "
+                         f"{missing[:8]}{' ...' if len(missing) > 8 else ''}); give every image a row (an empty "
+                         f"list is allowed)")
+    known = set(ids)
+    counts = {"proposal_ids_not_in_dataset": sum(1 for i in table if i not in known),
+              "images_without_proposals": sum(1 for i in ids if len(table[i]) == 0)}
+    if any(counts.values()):
+        print(f"{path}: {counts['proposal_ids_not_in_dataset']} image ids that the dataset lacks (ignored), "
+              f"{counts['images_without_proposals']} images with no proposal")
+    return counts
 
 
 def inside(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(N, 4) xyxy clipped to an h x w image; boxes left without area are dropped."""
-    boxes = box_ops.clip_boxes_to_image(boxes, (h, w))
+    """(N, 4+) xyxy (extra columns, e.g. a score, kept) clipped to an h x w image; boxes left without area are
+    dropped."""
+    boxes = torch.cat([box_ops.clip_boxes_to_image(boxes[:, :4], (h, w)), boxes[:, 4:]], dim=1)
     return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
 
 

@@ -101,7 +101,7 @@ class RegionCLIP(nn.Module):
         captions = pick_captions(batch, g)
         sizes = (batch["sizes"].float() * self.region_scale).round().long().tolist()  # [h, w] of each image
         with autocast(self.amp, device):
-            boxes = [b.to(device).float() for b in self.proposer(images, sizes, batch, g)]  # B x (R_i, 4)
+            boxes = [b[:, :4].to(device).float() for b in self.proposer(images, sizes, batch, g)]  # B x (R_i, 4)
         whole = whole_image_boxes(images)  # B x (1, 4): the image-level region
         with torch.no_grad(), autocast(self.amp, device):
             teacher_emb = self.teacher_regions(images, boxes).float()  # (R, D)

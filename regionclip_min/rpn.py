@@ -1,7 +1,7 @@
 """The class-agnostic region proposal network: the paper's offline RPN, trained alone on base-category boxes
-(train_detect.py --task rpn), and the one source of RPN boxes for all three tasks: RegionCLIP pretraining
-(`proposals.RPNProposer`), zero-shot detection (`evaluation.encode_regions`) and the detector's frozen RPN
-(`FrozenRPN`, detector.py). `propose` is how the first two ask it for boxes.
+(train_detect.py --task rpn), and the one source of RPN boxes for all three tasks: RegionCLIP pretraining and
+zero-shot detection (both through `proposals.RPNProposer`, which asks `propose`) and the detector's frozen RPN
+(`FrozenRPN`, detector.py).
 
     images -> GeneralizedRCNNTransform (resize, CLIP mean/std) -> CLIPBackbone (res4) -> torchvision RPN
     (one level, detectron2's L1 box loss) -> boxes sorted by objectness
@@ -33,6 +33,10 @@ class ScoredRPN(RegionProposalNetwork):
         boxes, scores = super().filter_proposals(*args)
         self.last_scores = scores
         return boxes, scores
+
+    def proposal_scores(self) -> list[torch.Tensor]:
+        """The objectness of the boxes of the last call: B tensors (R_i,) in [0, 1]."""
+        return self.last_scores
 
     def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
         pos, neg = (torch.where(torch.cat(m))[0] for m in self.fg_bg_sampler(labels))
@@ -111,7 +115,12 @@ class FrozenRPN(nn.Module):
         with torch.no_grad():
             boxes, _ = self.net.rpn(images, {"0": self.net.backbone(images.tensors)})
         k = self.top_k_train if self.training else self.top_k_test
+        self.last_scores = [v[:k] for v in self.net.rpn.last_scores]
         return [b[:k] for b in boxes], {}
+
+    def proposal_scores(self) -> list[torch.Tensor]:
+        """The objectness of the proposals of the last call: B tensors (R_i,) in [0, 1]."""
+        return self.last_scores
 
 
 def visual_of(model_name: str, device) -> nn.Module:

@@ -41,7 +41,7 @@ WRITES = re.compile(r"\bwrit(?:e|es|ten|ing)\b", re.IGNORECASE)
 PATH_CHARS = re.compile(r"^[A-Za-z0-9_.\-*/]+$")
 BARE_DOC_OR_CODE = re.compile(r"^[A-Za-z0-9_.\-]+\.(?:py|md)$")
 EXTENSION = re.compile(r"\.[A-Za-z0-9]+$")
-POINTER = re.compile(r"`?(?P<path>[A-Za-z0-9_./\-]+\.py):(?P<line>\d+)`?(?P<after>[^\n]*)")
+POINTER = re.compile(r"`?(?P<path>[A-Za-z0-9_./\-]+\.py):(?P<line>\d+)`?(?=(?P<after>[^\n]*))")
 POINTED_SYMBOL = re.compile(r"^\s+`(?P<symbol>[A-Za-z_][\w.]*)`")
 DOUBLE_COLON = re.compile(r"^(?P<path>[A-Za-z0-9_./\-]+\.py)::(?P<symbol>[A-Za-z_*][\w.*]*)")
 PAGE_CITATION = re.compile(r"[\w./\-]*(?:DESIGN|STYLE)\.md")
@@ -225,11 +225,15 @@ def test_backticked_paths_resolve():
 def test_line_pointers_name_the_symbol_defined_there():
     bad, seen = [], 0
     for doc in doc_files():
-        for number, line in prose_lines(doc):
-            for m in POINTER.finditer(line):
+        lines_of_doc = list(prose_lines(doc))
+        for k, (number, line) in enumerate(lines_of_doc):
+            for m in POINTER.finditer(line):  # every pointer of the line; its symbol may wrap to the next line
                 where = f"{_rel(doc)}:{number}: {m.group('path')}:{m.group('line')}"
                 path, n = m.group("path"), int(m.group("line"))
-                symbol = POINTED_SYMBOL.match(m.group("after"))
+                after = m.group("after")
+                if not after.strip() and k + 1 < len(lines_of_doc):
+                    after = " " + lines_of_doc[k + 1][1].strip()
+                symbol = POINTED_SYMBOL.match(after)
                 if not (ROOT / path).is_file() or path not in tracked_files():
                     bad.append(f"{where}: {path} is not a tracked file")
                     continue

@@ -193,7 +193,7 @@ def test_demo_and_config_errors_are_clear(toy_world, stage0_run, rpn_ckpt, tmp_p
     with pytest.raises(SystemExit, match="--rpn_checkpoint .* does not exist"):
         eval_zeroshot.main(["--boxes", "rpn", "--rpn_checkpoint", str(tmp_path / "none.pt"),
                             "--instances", toy_world["instances_val_all"]])
-    with pytest.raises(SystemExit, match="--boxes must be gt or rpn"):
+    with pytest.raises(SystemExit, match="--boxes must be gt, rpn, random, grid, file or windows"):
         eval_zeroshot.main(["--boxes", "crops", "--instances", toy_world["instances_val_all"]])
     with pytest.raises(SystemExit, match="proposal network"):
         eval_zeroshot.main(["--checkpoint", str(rpn_ckpt), "--instances", toy_world["instances_val_all"]])
@@ -212,3 +212,52 @@ def test_crop_region_encoder_differs_from_pooling_and_is_recorded(toy_world, sta
     assert crop["gt_box_top1"]["n_boxes"] == pooled["gt_box_top1"]["n_boxes"] > 0
     a, b = (torch.load(tmp_path / f"{k}.pt", weights_only=True)["embeddings"] for k in ("pooled", "crop"))
     assert a.shape == b.shape and not torch.allclose(a, b, atol=1e-3)  # the same boxes, embedded another way
+
+
+@pytest.mark.parametrize("name", ["rpn", "random", "grid", "file", "windows"])
+def test_every_proposer_answers_the_one_interface(name, toy_world, rpn_ckpt, tmp_path):
+    """Each PROPOSERS method, built by build_proposer as eval_zeroshot builds it, gives (R_i, 5) rows inside each
+    image of a batch of two images of different sizes, with scores in [0, 1]."""
+    from regionclip_min.proposals import PROPOSERS, build_proposer
+    assert name in PROPOSERS
+    (tmp_path / "p.json").write_text(json.dumps({"7": [[0, 0, 50, 40, 0.25], [10, 10, 90, 60, 1.0]], "8": []}))
+    proposer, _ = build_proposer(name, per_image=None if name == "rpn" else 6, image_ids=[7, 8],
+                                 rpn_checkpoint=str(rpn_ckpt), rpn_top_k=5, nms_thresh=None, clip_normalized=False,
+                                 proposals_file=str(tmp_path / "p.json"))
+    images, sizes = [torch.rand(3, 64, 96), torch.rand(3, 80, 48)], [[64, 96], [80, 48]]
+    batch = {"image_ids": torch.tensor([7, 8]), "sizes": torch.tensor(sizes), "orig_sizes": torch.tensor([[96, 64],
+                                                                                                          [48, 80]])}
+    out = proposer(images, sizes, batch, torch.Generator().manual_seed(0))
+    assert len(out) == 2
+    for rows, (h, w) in zip(out, sizes):
+        assert rows.shape[1] == 5 and len(rows) <= (5 if name == "rpn" else 6)
+        assert (rows[:, 0] >= 0).all() and (rows[:, 2] <= w).all() and (rows[:, 3] <= h).all()
+        assert (rows[:, 2] > rows[:, 0]).all() and (rows[:, 3] > rows[:, 1]).all()
+        assert ((rows[:, 4] >= 0) & (rows[:, 4] <= 1)).all()
+    if name == "file":  # the file's rows, in the file's pixels (the images are at their files' sizes here)
+        assert out[0].tolist() == [[0, 0, 50, 40, 0.25], [10, 10, 90, 60, 1.0]] and len(out[1]) == 0
+    if name in ("random", "grid", "windows"):
+        assert (out[0][:, 4] == 1).all() and len(out[0]) == 6
+
+
+def test_proposals_file_of_the_gt_boxes_scores_as_the_gt_protocol(toy_world, stage0_run, tmp_path):
+    """--boxes file with every ground-truth box as a proposal (score 1), without NMS (--nms_thresh 1), names the
+    same regions as --boxes gt: the same AP50. A file missing an image stops before any model is loaded."""
+    inst = json.loads(Path(toy_world["instances_val_all"]).read_text())
+    table = {str(im["id"]): [] for im in inst["images"]}
+    for a in inst["annotations"]:
+        x, y, w, h = a["bbox"]
+        table[str(a["image_id"])].append([x, y, x + w, y + h, 1.0])
+    (tmp_path / "gt.json").write_text(json.dumps(table))
+    common = ["--checkpoint", str(stage0_run / "final.pt"), "--instances", toy_world["instances_val_all"],
+              "--templates", "single", "--kinds", "scene", "--eval_max_images", "8"]
+    gt = eval_zeroshot.main([*common, "--out", str(tmp_path / "gt-res.json")])
+    res = eval_zeroshot.main([*common, "--boxes", "file", "--proposals_file", str(tmp_path / "gt.json"),
+                              "--nms_thresh", "1", "--out", str(tmp_path / "file-res.json")])
+    assert res["file_ap50"] == pytest.approx(gt["gt_box_ap50"], nan_ok=True)
+    assert res["proposals_file"] == str(tmp_path / "gt.json") and res["n_images"] == gt["n_images"] == 8
+    del table[str(inst["images"][0]["id"])]
+    (tmp_path / "short.json").write_text(json.dumps(table))
+    with pytest.raises(SystemExit, match="short.json: no proposals for 1 of"):
+        eval_zeroshot.main([*common, "--kinds", "all", "--boxes", "file", "--proposals_file",
+                            str(tmp_path / "short.json"), "--out", str(tmp_path / "short-res.json")])

@@ -235,7 +235,7 @@ def test_proposals_file_checked_against_the_dataset(toy_world, stage0_run, tmp_p
     args = _pretrain_args(toy_world, stage0_run, tmp_path / "c")
     props = tmp_path / "props.json"
     props.write_text(json.dumps({str(i): [[10, 10, 60, 60, 0.9]] for i in ids[1:]}))  # the first image missing
-    with pytest.raises(SystemExit, match=rf"props.json: no proposals for 1 of the {len(ids)} training images "
+    with pytest.raises(SystemExit, match=rf"props.json: no proposals for 1 of the {len(ids)} images "
                                          rf"\(image ids \[{ids[0]}\]"):
         train_pretrain.main([*args(tmp_path / "a")[1:], "--proposals", "file", "--proposals_file", str(props)])
     table = {str(i): [[10, 10, 60, 60, 0.9], [0, 0, 128, 128, 0.5]] for i in ids}

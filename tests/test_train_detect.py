@@ -180,7 +180,8 @@ def test_coco_preset_builds_and_runs_one_step_on_cpu(toy_world, rpn_run, tmp_pat
     assert state["detector_kwargs"]["focal_gamma"] == 0.5 and state["detector_kwargs"]["background_weight"] == 0.2
     assert state["detector_kwargs"]["tau"] == 0.01  # the paper's value, whatever the (random) weights' logit_scale
     assert state["class_embeddings"]["train"].shape[1] == 1024  # RN50's embedding width
-    assert len(train_detect.COCO_OVD_BASE) == 48 and len(train_detect.COCO_OVD_NOVEL) == 17
+    from regionclip_min.splits import COCO_OVD_BASE, COCO_OVD_NOVEL
+    assert len(COCO_OVD_BASE) == 48 and len(COCO_OVD_NOVEL) == 17
 
 
 def test_pretraining_with_rpn_proposals(rpn_run, toy_world, stage0_run, tmp_path):
@@ -194,6 +195,6 @@ def test_pretraining_with_rpn_proposals(rpn_run, toy_world, stage0_run, tmp_path
                          "--max_steps", "2", "--log_every", "1", "--proposals", "rpn", "--rpn_checkpoint",
                          str(rpn_run / "final.pt"), "--rpn_top_k", "20"])
     assert [r["step"] for r in _metrics(out)] == [1, 2]
-    with pytest.raises(SystemExit, match="rpn_checkpoint, an RPN checkpoint .*nope.pt does not exist"):
+    with pytest.raises(SystemExit, match="--rpn_checkpoint .*nope.pt does not exist: rpn proposals need"):
         train_pretrain.main(["--preset", "toy", "--captions", toy_world["captions_train"], "--rpn_checkpoint",
                              str(tmp_path / "nope.pt")])

@@ -1,23 +1,11 @@
-"""train_detect.py's settings: `DetectConfig` (every field is a command-line option), its named `PRESETS`, the
-COCO open-vocabulary split the coco-ovd presets name, and the one place where a config becomes the keyword
-arguments of the detector and the RPN (`detector_kwargs`, `rpn_kwargs`) and is checked (`check_config`)."""
+"""train_detect.py's settings: `DetectConfig` (every field is a command-line option), its named `PRESETS`, and the
+one place where a config becomes the keyword arguments of the detector and the RPN (`detector_kwargs`,
+`rpn_kwargs`) and is checked (`check_config`). The category splits the presets name are in splits.py."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from regionclip_min.configs import QUICK_GELU_HELP, choice_problems
-
-# The open-vocabulary COCO split of OVR-CNN (48 base / 17 novel of the 80 COCO classes; the other 15 are unused).
-COCO_OVD_BASE = (
-    "person", "bicycle", "car", "motorcycle", "train", "truck", "boat", "bench", "bird", "horse", "sheep", "bear",
-    "zebra", "giraffe", "backpack", "handbag", "suitcase", "frisbee", "skis", "kite", "surfboard", "bottle", "fork",
-    "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "pizza", "donut", "chair", "bed",
-    "toilet", "tv", "laptop", "mouse", "remote", "microwave", "oven", "toaster", "refrigerator", "book", "clock",
-    "vase", "toothbrush")
-COCO_OVD_NOVEL = ("airplane", "bus", "cat", "dog", "cow", "elephant", "umbrella", "tie", "snowboard", "skateboard",
-                  "cup", "knife", "cake", "couch", "keyboard", "sink", "scissors")
-
 
 @dataclass
 class DetectConfig:
@@ -31,7 +19,9 @@ class DetectConfig:
                                    "json if it exists, else the json's folder)"})
     val_image_root: str | None = field(default=None, metadata={"help": "val image folder (default: as image_root)"})
     category_split: str = field(default="json", metadata={"help": "'json': base/novel from each category's 'split' "
-                                "field; 'coco-ovd': OVR-CNN's 48 base / 17 novel COCO names"})
+                                "field; 'coco-ovd': OVR-CNN's 48 base / 17 novel COCO names; 'lvis': base = "
+                                "frequent + common (866 of LVIS v1), novel = rare (337), from each category's "
+                                "'frequency'"})
     drop_empty: bool = field(default=False, metadata={"help": "leave out training images without a base box"})
     min_sizes: str = field(default="256", metadata={"help": "training short sides, comma-separated (one drawn per "
                            "step); the last is the test size (torchvision's rule). Toy: 256 = 2x (docs/DESIGN.md "
@@ -81,9 +71,12 @@ class DetectConfig:
     box_score_thresh: float = field(default=0.001, metadata={"help": "test: detections scoring below this are dropped "
                                     "(the official COCO test: 0.001)"})
     box_nms: str = field(default="soft", metadata={"help": "test: 'soft' (gaussian soft-NMS, sigma 0.5, prune 0.001: "
-                         "the official COCO test) or 'hard' (NMS at box_nms_thresh: the official LVIS test)"})
+                         "the official COCO and LVIS tests) or 'hard' (NMS at box_nms_thresh: Detectron2's default)"})
     box_nms_thresh: float = field(default=0.5, metadata={"help": "test: --box_nms hard's IoU"})
-    detections_per_img: int = 100
+    detections_per_img: int = field(default=100, metadata={"help": "test: detections kept per image (COCO 100, "
+                                    "LVIS 300)"})
+    rpn_score_fusion: bool = field(default=False, metadata={"help": "test: score = sqrt(p_class * the proposal's "
+                                   "objectness) (the official LVIS test, MULTIPLY_RPN_SCORE)"})
     channels_last: bool = field(default=True, metadata={"help": "channels-last convolutions (faster on CPU)"})
     # ---- optimisation
     optimizer: str = field(default="adamw", metadata={"help": "adamw | sgd"})
@@ -161,6 +154,38 @@ PRESETS = {
                           weight_decay=1e-4, warmup_steps=5000, lr_steps="60000,80000", max_steps=90_000,
                           batch_size=16, channels_last=False, device="auto", num_workers=8, ckpt_every=5000,
                           draw_images=10, out_dir="runs/coco-ovd-rn50"),
+    "lvis-rpn": dict(_doc="the offline RPN of the LVIS recipe (rpn_lvis_866_lsj.pth): class-agnostic, on the 866 "
+                     "base (frequent + common) categories' boxes, on OpenAI's RN50 res4 map (the official one is a "
+                     "Detectron2 R50-FPN: configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml); SGD lr "
+                     "0.02, batch 16, 180k steps, repeat-factor sampling 0.001. The paper's pretraining takes its "
+                     "proposals from this RPN (train_pretrain.py --rpn_checkpoint runs/lvis-rpn/final.pt)",
+                     task="rpn", model_name="RN50", init=None, pretrained="openai",
+                     train_json="data/lvis/lvis_v1_train.json", val_json="data/lvis/lvis_v1_val.json",
+                     image_root="data/coco", val_image_root="data/coco", category_split="lvis", drop_empty=True,
+                     min_sizes="640,672,704,736,768,800", max_size=1333, anchor_sizes="32,64,128,256,512",
+                     rpn_pre_nms_top_n_train=12000, rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_train=2000,
+                     rpn_post_nms_top_n_test=1000, repeat_factor_threshold=0.001, optimizer="sgd", lr=0.02,
+                     new_layers_lr_mult=1.0, weight_decay=1e-4, warmup_steps=1000, lr_steps="120000,160000",
+                     max_steps=180_000, batch_size=16, channels_last=False, device="auto", num_workers=8,
+                     ckpt_every=5000, out_dir="runs/lvis-rpn"),
+    "lvis-ovd-rn50": dict(_doc="paper (configs/LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4.yaml, "
+                          "test_transfer_learning.sh): LVIS v1, 866 base categories in training and all 1,203 at "
+                          "test, RN50 from RegionCLIP on CC3M, the frozen lvis-rpn RPN (1,000 proposals), plain CE "
+                          "with background weight 0.8, repeat-factor sampling 0.001, SGD lr 0.002, batch 16, 180k "
+                          "steps (x0.1 at 120k, 160k; 5k warm-up), test: score > 0.02, soft-NMS, 300 per image, "
+                          "RPN-score fusion; scored by LVIS's federated protocol (box AP)",
+                          task="detector", model_name="RN50", init="runs/rn50-cc3m/final.pt", rpn="offline",
+                          rpn_checkpoint="runs/lvis-rpn/final.pt", train_json="data/lvis/lvis_v1_train.json",
+                          val_json="data/lvis/lvis_v1_val.json", image_root="data/coco", val_image_root="data/coco",
+                          category_split="lvis", drop_empty=True, min_sizes="640,672,704,736,768,800", max_size=1333,
+                          anchor_sizes="32,64,128,256,512", rpn_pre_nms_top_n_train=12000,
+                          rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_train=1000, rpn_post_nms_top_n_test=1000,
+                          box_batch_size_per_image=512, focal_gamma=0.0, background_weight=0.8,
+                          repeat_factor_threshold=0.001, box_score_thresh=0.02, box_nms="soft",
+                          detections_per_img=300, rpn_score_fusion=True, optimizer="sgd", lr=0.002,
+                          new_layers_lr_mult=1.0, weight_decay=1e-4, warmup_steps=5000, lr_steps="120000,160000",
+                          max_steps=180_000, batch_size=16, channels_last=False, device="auto", num_workers=8,
+                          ckpt_every=5000, draw_images=10, out_dir="runs/lvis-ovd-rn50"),
 }
 
 
@@ -189,12 +214,13 @@ def detector_kwargs(cfg) -> dict:
                 box_batch_size_per_image=cfg.box_batch_size_per_image, box_positive_fraction=cfg.box_positive_fraction,
                 box_score_thresh=cfg.box_score_thresh, box_nms=cfg.box_nms, box_nms_thresh=cfg.box_nms_thresh,
                 detections_per_img=cfg.detections_per_img, tau=cfg.tau, focal_gamma=cfg.focal_gamma,
-                background_weight=cfg.background_weight, sampling_ratio=cfg.roi_sampling_ratio)
+                background_weight=cfg.background_weight, sampling_ratio=cfg.roi_sampling_ratio,
+                rpn_score_fusion=cfg.rpn_score_fusion)
 
 
 def check_config(cfg) -> None:
     """SystemExit listing every bad option of a DetectConfig at once."""
-    problems = choice_problems(cfg, {"task": ("detector", "rpn"), "category_split": ("json", "coco-ovd"),
+    problems = choice_problems(cfg, {"task": ("detector", "rpn"), "category_split": ("json", "coco-ovd", "lvis"),
                                      "rpn": ("joint", "offline"), "optimizer": ("adamw", "sgd"),
                                      "box_nms": ("soft", "hard"), "templates": ("ensemble", "single")})
     if cfg.rpn == "offline" and cfg.task == "detector" and not cfg.rpn_checkpoint:
@@ -206,31 +232,3 @@ def check_config(cfg) -> None:
             problems.append(f"--{name} must be comma-separated numbers, got {getattr(cfg, name)!r}")
     if problems:
         raise SystemExit("bad config: " + "; ".join(problems))
-
-
-def coco_ovd_names(json_path: str, wanted: tuple[str, ...], which: str) -> list[str]:
-    """The names of `wanted` (OVR-CNN's base, or base + novel) that the json's categories have; the others are
-    named in a message, and so are the json's categories outside the split, which are left out."""
-    with open(json_path, encoding="utf-8") as f:
-        have = [c.get("name") for c in json.load(f).get("categories", [])]
-    kept = [n for n in wanted if n in have]
-    if not kept:
-        raise SystemExit(f"{json_path}: none of OVR-CNN's COCO names ({', '.join(wanted[:5])}, ...) among its "
-                         f"categories ({have[:5]}...): --category_split coco-ovd is for COCO; use --category_split "
-                         f"json with a \"split\" field per category")
-    missing, outside = [n for n in wanted if n not in have], [n for n in have if n not in wanted]
-    if missing or outside:
-        print(f"{which} json {json_path}: {len(kept)} of the split's {len(wanted)} names; "
-              + (f"absent: {', '.join(missing)}; " if missing else "")
-              + (f"left out ({'not a base name' if which == 'train' else 'not in the 48/17 split'}): "
-                 f"{', '.join(outside)}" if outside else ""))
-    return kept
-
-
-def novel_base_ids(cfg, val) -> tuple[list[int], list[int]]:
-    """(novel category ids, base category ids) of the val DetectionDataset `val`, by the config's split."""
-    if cfg.category_split == "coco-ovd":
-        ids = dict(zip(val.category_names, val.category_ids))
-        return [ids[n] for n in COCO_OVD_NOVEL if n in ids], [ids[n] for n in COCO_OVD_BASE if n in ids]
-    novel = [c for c, s in zip(val.category_ids, val.category_splits) if s == "novel"]
-    return novel, [c for c in val.category_ids if c not in set(novel)]

@@ -50,7 +50,7 @@ class PretrainConfig:
                                            "encoding the pool; needs --concepts naming its C rows in order"})
     concept_cache: str | None = field(default="data/cache", metadata={"help": "folder caching concept embeddings"})
     proposals: str = field(default="random", metadata={"help": "where the regions come from: a name of "
-                           "proposals.PROPOSERS (random | grid | file | rpn)"})
+                           "proposals.PROPOSERS (random | grid | file | rpn | windows)"})
     proposals_per_image: int = field(default=16, metadata={"help": "regions per image (paper: 100 of 300 RPN)"})
     proposals_file: str | None = field(default=None, metadata={"help": "json image id -> [[x1,y1,x2,y2,score]] in "
                                        "the pixels of the image_size training image (scaled by region_scale here)"})

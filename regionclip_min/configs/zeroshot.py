@@ -25,10 +25,15 @@ class EvalConfig:
     instances: str = field(default="data/toy/instances_val_all.json", metadata={"help": "COCO instances json"})
     image_root: str | None = field(default=None, metadata={"help": "image folder (default: 'images/' beside "
                                    "the json if present, else the json's folder)"})
-    boxes: str = field(default="gt", metadata={"help": "'gt': ground-truth boxes (top-1 accuracy, AP50); 'rpn': "
-                       "proposals of --rpn_checkpoint (zero-shot detection AP50)"})
+    boxes: str = field(default="gt", metadata={"help": "'gt': ground-truth boxes (top-1 accuracy, AP50); or "
+                       "proposals (zero-shot detection AP50): 'rpn' (--rpn_checkpoint), 'file' (--proposals_file), "
+                       "'random', 'grid' (proposals.PROPOSERS)"})
     rpn_checkpoint: str = field(default="runs/toy-rpn/final.pt", metadata={"help": "class-agnostic RPN "
                                 "(train_detect.py --preset toy-rpn) for --boxes rpn and --image"})
+    proposals_file: str | None = field(default=None, metadata={"help": "--boxes file: json image id -> [[x1, y1, "
+                                       "x2, y2, score], ...] in the pixels of the image files"})
+    proposals_per_image: int = field(default=100, metadata={"help": "--boxes file / random / grid: proposals per "
+                                     "image (a file's first rows)"})
     rpn_top_k: int = field(default=100, metadata={"help": "RPN proposals per image, highest objectness first"})
     image_boxes: str = field(default="auto", metadata={"help": "--image proposals: 'rpn' (--rpn_checkpoint), "
                              "'windows' (multi-scale sliding windows, no training needed), 'auto' (rpn if the "
@@ -41,7 +46,7 @@ class EvalConfig:
     crop_context: float = field(default=1.25, metadata={"help": "--region_encoder crop: side of the square crop "
                                 "over the box's longer side"})
     kinds: str = field(default="auto", metadata={"help": "images whose 'kind' is in this comma list; 'all' = every "
-                       "image; 'auto' = scenes for --boxes gt, all images for --boxes rpn"})
+                       "image; 'auto' = scenes for --boxes gt, all images for proposals"})
     eval_max_images: int | None = field(default=None, metadata={"help": "only the first this many images"})
     # ---- vocabulary and scoring
     vocabulary: str | None = field(default=None, metadata={"help": "class names: 'a,b,c' or a text file with one "
@@ -57,7 +62,9 @@ class EvalConfig:
     objectness_power: float = field(default=0.5, metadata={"help": "--boxes rpn / --image: score = p_class * "
                                     "objectness ** this (0: class probability only, which ranks background boxes "
                                     "as high as objects; 1: their product)"})
-    nms_thresh: float = field(default=0.5, metadata={"help": "--boxes rpn: per-class NMS IoU"})
+    nms_thresh: float = field(default=0.5, metadata={"help": "proposals: per-class NMS IoU"})
+    max_dets: int | None = field(default=None, metadata={"help": "detections kept per image (default: 300 for an "
+                                 "LVIS-format json, LVIS's limit, scored by its federated protocol; else 100)"})
     # ---- demo and features
     image: str | None = field(default=None, metadata={"help": "demo: detect --vocabulary in this image with the "
                               "RPN's proposals; prints a table, writes a PNG (no dataset needed)"})
@@ -81,17 +88,19 @@ class EvalConfig:
 
 def check_config(cfg) -> None:
     """SystemExit listing every bad option of an EvalConfig at once."""
-    problems = choice_problems(cfg, {"boxes": ("gt", "rpn"), "templates": ("ensemble", "single"),
+    from regionclip_min.proposals import PROPOSERS, proposer_problems  # torch: not needed by --help
+    problems = choice_problems(cfg, {"boxes": ("gt", *PROPOSERS), "templates": ("ensemble", "single"),
                                      "image_boxes": ("auto", "rpn", "windows")})
     if cfg.region_encoder not in ("pooled", "crop") or cfg.crop_context <= 0:
         problems.append(f"--region_encoder must be pooled or crop and --crop_context positive, got "
                         f"{cfg.region_encoder!r} and {cfg.crop_context}")
-    if cfg.region_scale <= 0 or cfg.tau <= 0 or min(cfg.rpn_top_k, cfg.eval_batch_size, cfg.max_boxes,
-                                                     cfg.draw_scale) < 1:
-        problems.append("--region_scale, --tau, --rpn_top_k, --eval_batch_size, --max_boxes and --draw_scale must be "
-                        "positive")
-    if (cfg.boxes == "rpn" and cfg.image is None or cfg.image and cfg.image_boxes == "rpn") and not Path(
-            cfg.rpn_checkpoint).is_file():
+    if cfg.region_scale <= 0 or cfg.tau <= 0 or min(cfg.rpn_top_k, cfg.proposals_per_image, cfg.eval_batch_size,
+                                                     cfg.max_boxes, cfg.draw_scale) < 1:
+        problems.append("--region_scale, --tau, --rpn_top_k, --proposals_per_image, --eval_batch_size, --max_boxes "
+                        "and --draw_scale must be positive")
+    if cfg.image is None and cfg.boxes in PROPOSERS:
+        problems += proposer_problems(cfg.boxes, cfg.rpn_checkpoint, cfg.proposals_file)
+    if cfg.image and cfg.image_boxes == "rpn" and not Path(cfg.rpn_checkpoint).is_file():
         problems.append(f"--rpn_checkpoint {cfg.rpn_checkpoint} does not exist (train one: python train_detect.py "
                         f"--preset toy-rpn)")
     if cfg.image is None and not Path(cfg.instances).is_file():
