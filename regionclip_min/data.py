@@ -20,7 +20,7 @@ LVIS federated-annotation fields, and making data (toyworld.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -169,8 +169,9 @@ class DetectionDataset(CheckedDataset):
         instances_json: COCO instances json: ``images`` [{id, file_name, width, height, kind?}], ``annotations``
             [{image_id, category_id, bbox [x, y, w, h] pixels, iscrowd?}], ``categories`` [{id, name, split?}].
         image_root: folder of the images' file_name; default the json's folder.
-        categories: keep only these: a list of names and/or ids, or a split name ("base"/"novel") matched
-            against each category's "split" field. Boxes of other categories are dropped (not counted as bad).
+        categories: keep only these: a list of names and/or ids, a split name ("base"/"novel") matched
+            against each category's "split" field, or a predicate on each category entry (e.g.
+            `splits.is_lvis_base`). Boxes of other categories are dropped (not counted as bad).
         min_size: if set, resize each image so its short side is min_size (bilinear) and scale its boxes, e.g.
             twice the CLIP input size to pool regions from 2x enlarged images (docs/DESIGN.md §5.1).
         hflip_prob: probability of a horizontal flip of image and boxes (training: 0.5).
@@ -184,9 +185,9 @@ class DetectionDataset(CheckedDataset):
     ``coco_json_path`` (for pycocotools).
     """
 
-    def __init__(self, instances_json, image_root=None, *, categories: str | Sequence[str | int] | None = None,
-                 min_size: int | None = None, hflip_prob: float = 0.0, drop_empty: bool = False,
-                 strict: bool = False):
+    def __init__(self, instances_json, image_root=None, *,
+                 categories: str | Callable | Sequence[str | int] | None = None, min_size: int | None = None,
+                 hflip_prob: float = 0.0, drop_empty: bool = False, strict: bool = False):
         super().__init__(instances_json, strict)
         self.coco_json_path = str(self.path)
         self.image_root = Path(image_root) if image_root is not None else self.path.parent
@@ -199,6 +200,7 @@ class DetectionDataset(CheckedDataset):
         self.category_ids = self._select(cats, categories)
         self.category_names = [cats[c]["name"] for c in self.category_ids]
         self.category_splits = [cats[c].get("split") for c in self.category_ids]
+        self.category_frequencies = [cats[c].get("frequency") for c in self.category_ids]  # LVIS: r / c / f
         label_of = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
         images = {k: (i, entry, [], []) for k, (i, entry) in  # id -> (json index, entry, boxes, labels)
                   index_images(data, ("width", "height"), self.path).items()}
@@ -239,9 +241,12 @@ class DetectionDataset(CheckedDataset):
         return [list(labels) for labels in self._labels]
 
     def _select(self, cats: dict, categories) -> list:
-        """The kept category ids, sorted: all, those of a split (str), or those named by name or id (list)."""
+        """The kept category ids, sorted: all, those of a split (str), those a predicate keeps (callable on the
+        category entry), or those named by name or id (list)."""
         if categories is None:
             return sorted(cats)
+        if callable(categories):
+            return sorted(cid for cid, c in cats.items() if categories(c))
         if isinstance(categories, str):
             chosen = {cid for cid, c in cats.items() if c.get("split") == categories}
             if not chosen:

@@ -36,7 +36,7 @@ def init_distributed(device: str) -> tuple[int, int]:
         if device.startswith("cuda"):  # one GPU per process; collectives of Python objects use the current one
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    return rank_and_world()
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -43,20 +43,21 @@ def coco_ovd_names(json_path: str, wanted: tuple[str, ...], which: str) -> list[
     return kept
 
 
-def lvis_base_ids(json_path: str) -> list[int]:
-    """The ids of the json's frequent and common categories (LVIS's base; the rare ones are novel)."""
-    with open(json_path, encoding="utf-8") as f:
-        cats = json.load(f).get("categories", [])
-    if not cats or any(c.get("frequency") not in ("r", "c", "f") for c in cats):
-        raise SystemExit(f"{json_path}: --category_split lvis needs a 'frequency' of r, c or f on every category "
-                         f"(LVIS v1's); use --category_split json with a \"split\" field per category otherwise")
-    return sorted(c["id"] for c in cats if c["frequency"] in ("c", "f"))
+def is_lvis_base(category: dict) -> bool:
+    """An LVIS base category: frequent or common (the rare ones are novel). SystemExit for a category without an
+    LVIS frequency (r, c or f)."""
+    if category.get("frequency") not in ("r", "c", "f"):
+        raise SystemExit(f"category {category.get('id')} ({category.get('name')!r}) has no 'frequency' of r, c or f: "
+                         f"--category_split lvis needs LVIS v1's; use --category_split json with a \"split\" field "
+                         f"per category otherwise")
+    return category["frequency"] in ("c", "f")
 
 
 def novel_base_ids(split: str, val) -> tuple[list[int], list[int]]:
-    """(novel category ids, base category ids) of the val DetectionDataset `val` by `split` (SPLITS)."""
+    """(novel category ids, base category ids) of the val DetectionDataset `val` by `split` (one of SPLITS)."""
     if split == "lvis":
-        base = set(lvis_base_ids(val.path))
+        base = {c for c, f in zip(val.category_ids, val.category_frequencies)
+                if is_lvis_base({"id": c, "frequency": f})}
         return [c for c in val.category_ids if c not in base], [c for c in val.category_ids if c in base]
     if split == "coco-ovd":
         ids = dict(zip(val.category_names, val.category_ids))
@@ -66,7 +67,8 @@ def novel_base_ids(split: str, val) -> tuple[list[int], list[int]]:
 
 
 def detection_datasets(split: str, train_json, val_json, *, image_root=None, val_image_root=None,
-                       drop_empty: bool = False, train: bool = True) -> tuple[DetectionDataset | None, DetectionDataset]:
+                       drop_empty: bool = False, train: bool = True
+                       ) -> tuple[DetectionDataset | None, DetectionDataset]:
     """(train set with the base categories of `split`, or None when not `train`; val set with every evaluated
     category). Images stay in [0, 1] at their own size: the detector's transform resizes and normalises them."""
     train_cats, val_cats = "base", None  # json: the "split" field; val keeps every category
@@ -74,7 +76,7 @@ def detection_datasets(split: str, train_json, val_json, *, image_root=None, val
         train_cats = coco_ovd_names(train_json, COCO_OVD_BASE, "train")
         val_cats = coco_ovd_names(val_json, COCO_OVD_BASE + COCO_OVD_NOVEL, "val")
     if split == "lvis":  # base = frequent + common; val keeps all 1,203
-        train_cats = lvis_base_ids(train_json)
+        train_cats = is_lvis_base
     root = image_root_beside(train_json, image_root)
     try:
         train_set = DetectionDataset(train_json, root, categories=train_cats, drop_empty=drop_empty) if train else None

@@ -220,7 +220,8 @@ def detector_kwargs(cfg) -> dict:
 
 def check_config(cfg) -> None:
     """SystemExit listing every bad option of a DetectConfig at once."""
-    problems = choice_problems(cfg, {"task": ("detector", "rpn"), "category_split": ("json", "coco-ovd", "lvis"),
+    from regionclip_min.splits import SPLITS  # torch: not needed by --help
+    problems = choice_problems(cfg, {"task": ("detector", "rpn"), "category_split": SPLITS,
                                      "rpn": ("joint", "offline"), "optimizer": ("adamw", "sgd"),
                                      "box_nms": ("soft", "hard"), "templates": ("ensemble", "single")})
     if cfg.rpn == "offline" and cfg.task == "detector" and not cfg.rpn_checkpoint:

@@ -27,13 +27,13 @@ class EvalConfig:
                                    "the json if present, else the json's folder)"})
     boxes: str = field(default="gt", metadata={"help": "'gt': ground-truth boxes (top-1 accuracy, AP50); or "
                        "proposals (zero-shot detection AP50): 'rpn' (--rpn_checkpoint), 'file' (--proposals_file), "
-                       "'random', 'grid' (proposals.PROPOSERS)"})
+                       "'random', 'grid', 'windows' (proposals.PROPOSERS)"})
     rpn_checkpoint: str = field(default="runs/toy-rpn/final.pt", metadata={"help": "class-agnostic RPN "
                                 "(train_detect.py --preset toy-rpn) for --boxes rpn and --image"})
     proposals_file: str | None = field(default=None, metadata={"help": "--boxes file: json image id -> [[x1, y1, "
                                        "x2, y2, score], ...] in the pixels of the image files"})
-    proposals_per_image: int = field(default=100, metadata={"help": "--boxes file / random / grid: proposals per "
-                                     "image (a file's first rows)"})
+    proposals_per_image: int = field(default=100, metadata={"help": "--boxes file / random / grid / windows: "
+                                     "proposals per image (a file's first rows)"})
     rpn_top_k: int = field(default=100, metadata={"help": "RPN proposals per image, highest objectness first"})
     image_boxes: str = field(default="auto", metadata={"help": "--image proposals: 'rpn' (--rpn_checkpoint), "
                              "'windows' (multi-scale sliding windows, no training needed), 'auto' (rpn if the "
