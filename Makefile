@@ -9,7 +9,7 @@ SEED   ?= 0
 TOY_NUM_TRAIN ?= 8000
 TOY_NUM_VAL   ?= 500
 
-.PHONY: help venv toy toy-seeds toy-ablations toy-worlds toy-world bench test clean
+.PHONY: help venv toy toy-seeds toy-seeds-worlds toy-ablations toy-transfers toy-worlds toy-world bench test clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -30,8 +30,14 @@ toy: $(STAMP)  ## the whole toy pipeline, one seed: runs/toy-bench/results/summa
 toy-seeds: $(STAMP)  ## RegionCLIP + transfer for seeds 0, 1, 2: mean +- std in summary.md (ROW=<ablation>: that row)
 	$(BENCH) seeds $(if $(ROW),--row $(ROW))
 
+toy-seeds-worlds: $(STAMP)  ## toy-seeds on the default world and worlds w1, w2 (WORLDS=...): summary-worlds.md
+	$(BENCH) seeds --worlds $(or $(WORLDS),default,w1,w2) $(if $(ROW),--row $(ROW))
+
 toy-ablations: $(STAMP)  ## the paper's ablations on the toy world: ablations.md
 	$(BENCH) ablations
+
+toy-transfers: $(STAMP)  ## fully supervised and RoI-sampling transfers, seeds 0-2 (STUDIES=...): transfers.md
+	$(BENCH) transfers $(if $(STUDIES),--studies $(STUDIES))
 
 toy-worlds: $(STAMP)  ## stage 0 on world C, the variants that led to this world, and 4 seeds: stage0-worlds.md
 	$(PY) -m benchmarks.toy.worlds $(if $(FORCE),--force) $(if $(RESULTS),--results $(RESULTS))

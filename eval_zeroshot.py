@@ -17,9 +17,10 @@ the checkpoint it was initialised from), or an open_clip model name with a tag o
 
 --boxes gt: each ground-truth box of the --kinds images is classified: top-1 accuracy over all / base / novel
   categories; and COCO AP50 (novel / base / all) with every GT box reported once per class, scored by the class
-  probability softmax(cos / tau). Also whole-image top-1 of the object-centric images (`encode_image`), the
-  image-level side of Fig. 1(b), and how each category's boxes were named (the 5 most frequent vocabulary names:
-  a confusion table by rows, `gt_box_named_as` in the json).
+  probability softmax(cos / tau), tau the model's own 1/exp(logit_scale) unless --tau is given (0.01 for OpenAI's
+  CLIP, the paper's; top-1 does not depend on it, AP does). Also whole-image top-1 of the object-centric images
+  (`encode_image`), the image-level side of Fig. 1(b), and how each category's boxes were named (the 5 most
+  frequent vocabulary names: a confusion table by rows, `gt_box_named_as` in the json).
 --boxes rpn: zero-shot detection: the --rpn_top_k proposals of a class-agnostic RPN (train_detect.py --preset toy-rpn)
   per image, each scored for every class by its probability times the RPN's objectness ** --objectness_power (a
   softmax over the vocabulary has no background, so without objectness a background box scores as high as an
@@ -37,6 +38,7 @@ from regionclip_min.configs.zeroshot import EvalConfig, check_config, resolve_ki
 if __name__ == "__main__":  # --help and option mistakes answered before the heavy imports below
     answer_usage(EvalConfig, None, __doc__)
 
+import math
 import time
 from pathlib import Path
 
@@ -45,7 +47,8 @@ import torch
 from regionclip_min import engine, official
 from regionclip_min.checkpoint import claim_result, file_digest, load_checkpoint, write_json
 from regionclip_min.cli import format_config, parse_config, run_main
-from regionclip_min.clip_model import SINGLE_TEMPLATE, TEMPLATES, encode_texts, guess_model_name, load_clip
+from regionclip_min.clip_model import (SINGLE_TEMPLATE, TEMPLATES, encode_texts, guess_model_name, load_clip,
+                                       logit_scale)
 from regionclip_min.concepts import read_names
 from regionclip_min.data import DetectionDataset
 from regionclip_min.demo import (detector_detections, read_image, report_detections, rpn_proposer,
@@ -111,6 +114,20 @@ def load_official(cfg, state: dict, layout: str, device):
     print(f"{cfg.checkpoint}: backbone -> the region path; test_cls_score: {len(parts.test_embeddings)} class "
           f"embeddings; its Detectron2 RPN is not used (--boxes rpn takes our --rpn_checkpoint)")
     return model.to(device), tok, desc, parts.test_embeddings
+
+
+def resolve_tau(cfg, model, own: torch.Tensor | None) -> str:
+    """Sets cfg.tau where --tau was not given: the loaded model's own temperature 1/exp(logit_scale), as the toy
+    transfer's classifier uses it (train_detect.py --tau_from_init), or the official 0.01 for an official detector's
+    own class embeddings (it has no text tower, hence no logit_scale). Returns where the value came from."""
+    if cfg.tau is not None:
+        return "--tau"
+    if own is not None:
+        cfg.tau, source = 1.0 / math.exp(official.OFFICIAL_LOGIT_SCALE), "the official CLSS_TEMP"
+    else:
+        cfg.tau, source = 1.0 / logit_scale(model), "the model's own 1/exp(logit_scale)"
+    print(f"class probabilities at tau = {cfg.tau:.4f} ({source}; --tau sets another)")
+    return source
 
 
 def class_embeddings(cfg, names: list[str], model, tokenizer, own: torch.Tensor | None) -> torch.Tensor:
@@ -215,6 +232,7 @@ def evaluate(cfg, device, rank: int) -> dict:
         state = load_checkpoint(cfg.checkpoint) if cfg.checkpoint else None  # read once
         model, tokenizer, desc, own = load_model(cfg, device, state)
         class_emb = class_embeddings(cfg, names, model, tokenizer, own)  # (V, D)
+        resolve_tau(cfg, model, own)
         detector = None
         if state is not None and state.get("kind") == "detector":  # ours: run it whole
             detector = load_detector(cfg.checkpoint, device=device, state=state)
@@ -241,6 +259,7 @@ def evaluate(cfg, device, rank: int) -> dict:
         claim_result(out, inputs, overwrite=cfg.overwrite)
     model, tokenizer, desc, own = load_model(cfg, device)
     class_emb = class_embeddings(cfg, names, model, tokenizer, own)  # (V, D)
+    tau_source = resolve_tau(cfg, model, own)
     encoder = region_encoder(cfg.region_encoder, model.visual, crop_context=cfg.crop_context)
     records = encode_regions(encoder, dataset, proposer=proposer, scale=cfg.region_scale,
                              batch_size=cfg.eval_batch_size, kinds=kinds_t, max_images=cfg.eval_max_images,
@@ -259,7 +278,7 @@ def evaluate(cfg, device, rank: int) -> dict:
                "region_encoder": cfg.region_encoder + (f" (context {cfg.crop_context})" if cfg.region_encoder == "crop"
                                                        else ""),
                "vocabulary": names if vocab else "dataset categories", "templates": cfg.templates, "tau": cfg.tau,
-               "n_images": len(records), "max_dets": max_dets}
+               "tau_source": tau_source, "n_images": len(records), "max_dets": max_dets}
     dets = region_detections(records, class_emb, cat_of_row, tau=cfg.tau, max_dets=max_dets,
                              **({"nms_thresh": None} if cfg.boxes == "gt" else
                                 {"nms_thresh": cfg.nms_thresh, "objectness_power": cfg.objectness_power}))

@@ -109,7 +109,8 @@ def evaluate_detector(cfg, model, val: DetectionDataset, emb_test: torch.Tensor,
     others return None."""
     novel, base = novel_base_ids(cfg.category_split, val)
     metrics = open_vocabulary_ap(model, val, emb_test, novel, base, batch_size=cfg.eval_batch_size,
-                                 max_images=cfg.eval_max_images, max_dets=cfg.detections_per_img, device=device)
+                                 max_images=cfg.eval_max_images, max_dets=cfg.detections_per_img, device=device,
+                                 closed_vocabulary=cfg.category_split != "all")
     if metrics is not None:
         draw_predictions(model, val, cfg.draw_images, out / "predictions", novel, device)
     return metrics

@@ -62,6 +62,19 @@ def make_optimizer(cfg, trained):
     return build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
 
 
+def build_teacher(cfg, text_clip, tokenizer, device):
+    """(teacher CLIP, its tokenizer, its model name): the init's frozen copy `text_clip`, or --teacher_init's CLIP,
+    frozen."""
+    if cfg.teacher_init is None:
+        return text_clip, tokenizer, cfg.model_name
+    name = cfg.teacher_model_name
+    if name is None and Path(cfg.teacher_init).is_file():
+        state = ckpt.load_checkpoint(cfg.teacher_init)
+        name = state.get("model_name") or state.get("config", {}).get("model_name")
+    teacher, teacher_tok = load_clip(name or cfg.model_name, cfg.teacher_init, device=device)
+    return teacher.eval().requires_grad_(False), teacher_tok, name or cfg.model_name
+
+
 def build_concepts(cfg, dataset, teacher, tokenizer, device):
     """Concept pool from the training captions (Sec. 3.1) and its prompt-ensembled embeddings (C, D)."""
     if cfg.concept_embeddings is not None:  # official embedding file: its rows are named by --concepts, in order
@@ -77,13 +90,20 @@ def build_concepts(cfg, dataset, teacher, tokenizer, device):
     if not concepts:
         raise SystemExit(f"{cfg.captions}: the concept pool is empty: no noun occurs at least {cfg.concept_min_count} "
                          f"times in the captions (lower --concept_min_count)")
+    return concepts, pool_embeddings(cfg, teacher, tokenizer, concepts, cfg.init or cfg.pretrained, cfg.model_name,
+                                     device)
+
+
+def pool_embeddings(cfg, clip, tokenizer, concepts: list[str], weights: str | None, model_name: str, device):
+    """(C, D) prompt-ensembled embeddings of `concepts` by `clip`'s text tower, cached under --concept_cache by the
+    weights' content."""
     templates = TEMPLATES if cfg.templates == "ensemble" else SINGLE_TEMPLATE
-    init_key = cfg.init or cfg.pretrained or "random"
-    if Path(init_key).is_file():  # key the cache by the weights' content, not only their name
-        init_key += ":" + ckpt.file_digest(init_key)
-    emb = concept_embeddings(teacher, tokenizer, concepts, templates, cache_dir=cfg.concept_cache,
-                             model_key=f"{cfg.model_name}|{activation(teacher)}|{init_key}")
-    return concepts, emb.to(device)
+    key = weights or "random"
+    if Path(key).is_file():  # key the cache by the weights' content, not only their name
+        key += ":" + ckpt.file_digest(key)
+    emb = concept_embeddings(clip, tokenizer, concepts, templates, cache_dir=cfg.concept_cache,
+                             model_key=f"{model_name}|{activation(clip)}|{key}")
+    return emb.to(device)
 
 
 # ---- main -------------------------------------------------------------------------------------------------
@@ -99,6 +119,8 @@ def main(argv=None):
         problems += proposer_problems(cfg.proposals, cfg.rpn_checkpoint, cfg.proposals_file)
     if problems:
         raise SystemExit("; ".join(problems))
+    if cfg.teacher_init is not None and cfg.stage != "regionclip":
+        raise SystemExit("--teacher_init is for --stage regionclip (stage 0 has no teacher)")
     if cfg.concept_embeddings is not None and cfg.concepts is None:
         raise SystemExit("--concept_embeddings needs --concepts: the names file of its rows, one per line, in order")
     cfg.device = resolve_device(cfg.device)
@@ -134,15 +156,24 @@ def build_objective(cfg, dataset, student, teacher, tokenizer, device, summary: 
     if cfg.stage == "clip":
         return ImageTextCLIP(student, captions, weight=cfg.w_image, amp=cfg.amp, channels_last=cfg.channels_last), []
     concepts, concept_emb = build_concepts(cfg, dataset, teacher, tokenizer, device)
-    teacher_tau = 1.0 / teacher.logit_scale.exp().item()
+    labeler, labeler_tok, labeler_name = build_teacher(cfg, teacher, tokenizer, device)
+    labeler_emb = None  # the init teaches: it labels with concept_emb
+    if labeler is not teacher:  # a separate teacher labels with the pool in its own text space
+        labeler_emb = pool_embeddings(cfg, labeler, labeler_tok, concepts, cfg.teacher_init, labeler_name, device)
+        if verbose:
+            print(f"teacher: {cfg.teacher_init} ({labeler_name}, {labeler_emb.shape[1]}-d text space) labels the "
+                  f"regions; the "
+                  f"student's losses use the init's ({concept_emb.shape[1]}-d)")
+    teacher_tau = 1.0 / labeler.logit_scale.exp().item()
     tau = teacher_tau if cfg.tau_from_init else cfg.tau
     image_tau = teacher_tau if cfg.image_tau_from_init else None  # None: the region losses' tau
     if verbose:
         print(f"concept pool: {len(concepts)} concepts ({concept_backend()}), e.g. {', '.join(concepts[:12])}; "
               f"tau {tau:.4f}" + (f", image-text tau {image_tau:.4f}" if image_tau is not None else ""))
-    model = RegionCLIP(student.visual, teacher, region_encoder(cfg.teacher, teacher.visual,
+    model = RegionCLIP(student.visual, teacher, region_encoder(cfg.teacher, labeler.visual,
                                                                 crop_context=cfg.crop_context),
-                       captions, concept_emb, proposer(cfg, dataset, device, summary), tau=tau,
+                       captions, concept_emb, proposer(cfg, dataset, device, summary), teacher_concept_emb=labeler_emb,
+                       tau=tau,
                        image_tau=image_tau, weights=loss_weights(cfg),
                        region_scale=cfg.region_scale, pseudo_threshold=cfg.pseudo_threshold, negatives=cfg.negatives,
                        amp=cfg.amp, channels_last=cfg.channels_last)

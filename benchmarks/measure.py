@@ -104,7 +104,7 @@ class StepBench:
         m = self.model
         m.proposer = self._timed("proposals", m.proposer)
         m.teacher_regions.forward = self._timed("teacher forward", m.teacher_regions.forward)
-        m.teacher.encode_text = self._timed("teacher forward", m.teacher.encode_text)
+        m.text_clip.encode_text = self._timed("teacher forward", m.text_clip.encode_text)
         m.student.forward = self._timed("student forward", m.student.forward)
         self.params = [p for p in m.student.parameters() if p.requires_grad]
         self.opt = build_optimizer(cfg.optimizer, parameter_groups(m.student, cfg.weight_decay, rule="detectron2",

@@ -41,7 +41,8 @@ from tqdm import tqdm
 from regionclip_min import official
 
 # The toy world's CLIP ("RN-toy": ModifiedResNet [1,1,1,1], width 16, embed 64, 128 px; text 2 x 128, 2 heads,
-# context 32) is a json config next to this file, added through open_clip's public config registry.
+# context 32) and its larger teacher for the teacher / student ablation ("RN-toy-L": width 24, embed 96) are json
+# configs next to this file, added through open_clip's public config registry.
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 OUR_CONFIGS = tuple(p.stem for p in _CONFIG_DIR.glob("*.json"))  # trained here with open_clip's default GELU
 if "RN-toy" not in open_clip.list_models():

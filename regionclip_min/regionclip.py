@@ -9,9 +9,11 @@ One RegionCLIP step (docs/DESIGN.md §1, §4), for images and one caption each:
 
 `RegionCLIP.forward(batch, g)` returns the three losses by name and the share of regions kept; `weight_dict` holds
 the w's (the config's `w_*` options, named in LOSS_WEIGHTS), and the training loop (engine.py) sums them. A new loss
-term is one entry in the dict `forward` returns, one row of LOSS_WEIGHTS, and its `w_*` option. Teacher and student start from the same CLIP; the student trains layer2..layer4 +
-attnpool (its stem, layer1 and BatchNorm stay frozen), and the concept and caption embeddings come from the
-frozen text encoder.
+term is one entry in the dict `forward` returns, one row of LOSS_WEIGHTS, and its `w_*` option. Teacher and student
+start from the same CLIP; the student trains layer2..layer4 + attnpool (its stem, layer1 and BatchNorm stay
+frozen), and the concept and caption embeddings come from the frozen text encoder. The paper's teacher / student
+ablation (Table 6) gives the teacher another CLIP (`teacher_concept_emb`: the pool in its own text space, which
+labels the regions), while the student's losses keep the init's text space.
 """
 from __future__ import annotations
 
@@ -58,10 +60,13 @@ class RegionCLIP(nn.Module):
 
     Args:
         student: the student CLIP's image tower (trained parts must already have requires_grad).
-        teacher: the frozen teacher CLIP (its text tower encodes the captions).
-        teacher_regions: the teacher's region encoder over `teacher.visual` (RegionEncoder, or CropEncoder).
+        text_clip: the frozen CLIP whose text tower encodes the captions (the init's, the student's text space).
+        teacher_regions: the teacher's region encoder over its image tower (RegionEncoder, or CropEncoder); the
+            teacher is `text_clip` itself unless a separate teacher is given (`teacher_concept_emb`).
         tokenizer: captions -> token ids.
-        concept_emb: (C, D) normalised concept embeddings.
+        concept_emb: (C, D) normalised concept embeddings in the student's text space.
+        teacher_concept_emb: (C, D_t) the same concepts in a separate teacher's text space, which pseudo-labels the
+            regions (the official code's separate teacher concept embedding); None: `concept_emb`.
         proposer: a `proposals.PROPOSERS` instance.
         tau: temperature of the region losses and of pseudo-labelling; image_tau: of the image-text loss (None:
             tau).
@@ -71,14 +76,17 @@ class RegionCLIP(nn.Module):
     LOSS_WEIGHTS = {"loss_region_contrastive": "w_region", "loss_distill": "w_distill",
                     "loss_image_contrastive": "w_image"}
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, teacher_regions: nn.Module, tokenizer,
-                 concept_emb: torch.Tensor, proposer, *, tau: float, image_tau: float | None = None,
+    def __init__(self, student: nn.Module, text_clip: nn.Module, teacher_regions: nn.Module, tokenizer,
+                 concept_emb: torch.Tensor, proposer, *, teacher_concept_emb: torch.Tensor | None = None,
+                 tau: float, image_tau: float | None = None,
                  weights: dict, region_scale: float = 1.0, pseudo_threshold: float = 0.0, negatives: str = "regions",
                  amp: str = "none", channels_last: bool = False):
         super().__init__()
         self.student = RegionEncoder(student)
-        self.teacher, self.teacher_regions = teacher, teacher_regions.eval()
+        self.text_clip, self.teacher_regions = text_clip, teacher_regions.eval()
         self.register_buffer("concept_emb", concept_emb, persistent=False)  # (C, D)
+        self.register_buffer("teacher_concept_emb", concept_emb if teacher_concept_emb is None else teacher_concept_emb,
+                             persistent=False)  # (C, D_t)
         self.tokenizer, self.proposer = tokenizer, proposer
         self.tau, self.image_tau = tau, tau if image_tau is None else image_tau
         self.weight_dict = {loss: weights[w] for loss, w in self.LOSS_WEIGHTS.items()}
@@ -104,9 +112,9 @@ class RegionCLIP(nn.Module):
             boxes = [b[:, :4].to(device).float() for b in self.proposer(images, sizes, batch, g)]  # B x (R_i, 4)
         whole = whole_image_boxes(images)  # B x (1, 4): the image-level region
         with torch.no_grad(), autocast(self.amp, device):
-            teacher_emb = self.teacher_regions(images, boxes).float()  # (R, D)
-            text_emb = self.teacher.encode_text(self.tokenizer(captions).to(device)).float()  # (B, D)
-        labels, q, keep, all_kept = pseudo_label(teacher_emb, self.concept_emb, tau=self.tau,
+            teacher_emb = self.teacher_regions(images, boxes).float()  # (R, D_t)
+            text_emb = self.text_clip.encode_text(self.tokenizer(captions).to(device)).float()  # (B, D)
+        labels, q, keep, all_kept = pseudo_label(teacher_emb, self.teacher_concept_emb, tau=self.tau,
                                                  threshold=self.pseudo_threshold)
         # one student pass over proposals and whole-image boxes: [R_0 props, 1 whole, R_1 props, 1 whole, ...]
         with autocast(self.amp, device):

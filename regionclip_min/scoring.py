@@ -234,10 +234,12 @@ def proposal_recall(proposals: list[torch.Tensor], gt_boxes: list[torch.Tensor],
 
 
 def open_vocabulary_ap(model, val: DetectionDataset, emb_test: torch.Tensor, novel: list[int], base: list[int], *,
-                       batch_size: int, max_images: int | None, max_dets: int, device) -> dict | None:
+                       batch_size: int, max_images: int | None, max_dets: int, device,
+                       closed_vocabulary: bool = True) -> dict | None:
     """The transfer's test: every val category (base + novel, `emb_test` (K_val, D)) swapped in, detect, score
     AP50 novel / base / all and AP (`ovd_ap`). With novel categories, also "base_vocabulary": the base AP50 / AP
-    when only the base names are offered (the closed-vocabulary detector the training produced); the gap to the
+    when only the base names are offered (the closed-vocabulary detector the training produced; `closed_vocabulary`
+    False skips it, as for a fully supervised detector, which trained on every name); the gap to the
     open-vocabulary base AP50 is what the novel names take. The model keeps the whole vocabulary afterwards.
     Under torchrun every rank detects its share and rank 0 scores: the other ranks return None."""
     emb_test = emb_test.to(device)
@@ -251,7 +253,7 @@ def open_vocabulary_ap(model, val: DetectionDataset, emb_test: torch.Tensor, nov
         print(f"scoring {len(results)} detections on {len(image_ids)} images ...")
         metrics = ovd_ap(val.coco_json_path, results, novel_ids=novel, base_ids=base, image_ids=image_ids,
                          max_dets=max_dets)
-    if novel and base:
+    if novel and base and closed_vocabulary:
         set_vocabulary(model, emb_test[[val.category_ids.index(c) for c in base]])
         closed, _ = detect(model, val, batch_size=batch_size, max_images=max_images, device=device, progress=True,
                            category_ids=base)

@@ -4,6 +4,8 @@ meets only at test (novel), and the train / val datasets they give.
     json      each category's "split" field: "base" or "novel" (the toy world's)
     coco-ovd  OVR-CNN's COCO split: 48 base / 17 novel names (the other 15 COCO classes are unused)
     lvis      LVIS v1 by each category's "frequency": base = frequent + common (866), novel = rare (337)
+    all       fully supervised (paper Table 5): trains on every category's boxes; the scores still name each
+              category's "split" field where the json has one, so novel / base AP read as in the json split
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import json
 
 from regionclip_min.data import DetectionDataset, image_root_beside
 
-SPLITS = ("json", "coco-ovd", "lvis")
+SPLITS = ("json", "coco-ovd", "lvis", "all")
 
 # The open-vocabulary COCO split of OVR-CNN (48 base / 17 novel of the 80 COCO classes; the other 15 are unused).
 COCO_OVD_BASE = (
@@ -77,6 +79,8 @@ def detection_datasets(split: str, train_json, val_json, *, image_root=None, val
         val_cats = coco_ovd_names(val_json, COCO_OVD_BASE + COCO_OVD_NOVEL, "val")
     if split == "lvis":  # base = frequent + common; val keeps all 1,203
         train_cats = is_lvis_base
+    if split == "all":  # fully supervised: every category's boxes
+        train_cats = None
     root = image_root_beside(train_json, image_root)
     try:
         train_set = DetectionDataset(train_json, root, categories=train_cats, drop_empty=drop_empty) if train else None

@@ -12,8 +12,9 @@ often, larger scene objects):
   - 1-3 captions per image from varied templates, with plurals, articles, filler nouns ("photo", "picture",
     "image", "background"), a colour adjective in ~15% of mentions, and in ~30% of scenes only a subset of
     the objects mentioned, as real captions do;
-  - a base/novel split (3 of 12 novel). Novel shapes appear in captions (the pretraining corpus) but their
-    boxes are absent from `instances_train_base.json`, as in the open-vocabulary detection protocol.
+  - a base/novel split (3 of 12 novel; `WorldStats.novel`, by default heart, hexagon, arrow). Novel shapes
+    appear in captions (the pretraining corpus) but their boxes are absent from `instances_train_base.json`, as
+    in the open-vocabulary detection protocol.
 
 Everything is written as standard files (PNG, COCO captions json, COCO instances json) and is a pure function of
 the seed: each image draws from its own generator seeded by (seed, split, index), so the same seed gives
@@ -63,6 +64,7 @@ class WorldStats:
     color_mention_prob: float = 0.15  # a mention names the colour; world C: 0.3
     subset_mention_prob: float = 0.3  # a scene's caption names only some of its shapes
     max_overlap: float = 0.25  # intersection / smaller box area allowed between two objects of a scene
+    novel: tuple[str, ...] = NOVEL_SHAPES  # the OVD split: shapes whose boxes instances_train_base.json leaves out
 
 
 WORLD_C = WorldStats(object_centric_fraction=0.35, scene_size=(26, 56), color_mention_prob=0.3)
@@ -168,9 +170,9 @@ def make_image(seed: int, split: str, index: int, image_size: int = 128, stats: 
 
 
 # ---- the files --------------------------------------------------------------------------------------------
-def categories() -> list[dict]:
-    """COCO category entries; id k+1 is SHAPES[k], each tagged with its OVD split."""
-    return [{"id": k + 1, "name": n, "supercategory": "shape", "split": "novel" if n in NOVEL_SHAPES else "base"}
+def categories(novel: tuple[str, ...] = NOVEL_SHAPES) -> list[dict]:
+    """COCO category entries; id k+1 is SHAPES[k], each tagged with its OVD split ("novel" for the `novel` shapes)."""
+    return [{"id": k + 1, "name": n, "supercategory": "shape", "split": "novel" if n in novel else "base"}
             for k, n in enumerate(SHAPES)]
 
 
@@ -235,7 +237,7 @@ def generate(out_dir, *, seed: int = 0, num_train: int = 2000, num_val: int = 30
                          f"{image_size}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    cats = categories()
+    cats = categories(stats.novel)
     novel_ids = {c["id"] for c in cats if c["split"] == "novel"}
     paths = {"root": str(out), "images": str(out / "images")}
     info = {"seed": seed, "image_size": image_size, "stats": asdict(stats)}
@@ -283,7 +285,8 @@ def summarize(paths: dict) -> str:
 
 def parse_stats(text: str) -> WorldStats:
     """'' -> the default world; 'world-c' -> WORLD_C; 'key=value,...' -> the default world with those fields changed
-    (ranges as lo:hi), e.g. 'object_centric_fraction=0.35,scene_size=26:56'. Raises ValueError naming a bad item."""
+    (ranges as lo:hi, the novel shapes as a:b:c), e.g. 'object_centric_fraction=0.35,scene_size=26:56' or
+    'novel=star:pentagon:ring'. Raises ValueError naming a bad item."""
     text = text.strip()
     if text in ("", "default"):
         return WorldStats()
@@ -296,15 +299,28 @@ def parse_stats(text: str) -> WorldStats:
         if key not in kinds or not value:
             raise ValueError(f"world stats: expected key=value with keys {sorted(kinds)}, or 'world-c'; got {item!r}")
         try:
-            if kinds[key].startswith("tuple"):
+            if key == "novel":
+                changes[key] = _novel_shapes(value)
+            elif kinds[key].startswith("tuple"):
                 lo, hi = value.split(":")
                 cast = int if "int" in kinds[key] else float
                 changes[key] = (cast(lo), cast(hi))
             else:
                 changes[key] = float(value)
-        except ValueError:
-            raise ValueError(f"world stats: bad value in {item!r} (numbers; ranges as lo:hi)") from None
+        except ValueError as e:
+            raise ValueError(f"world stats: bad value in {item!r} ({e})" if key == "novel" else
+                             f"world stats: bad value in {item!r} (numbers; ranges as lo:hi)") from None
     return WorldStats(**changes)
+
+
+def _novel_shapes(value: str) -> tuple[str, ...]:
+    """'a:b:c' -> the novel shapes (a, b, c), in SHAPES order; ValueError unless 1-11 distinct shape names."""
+    names = [v.strip() for v in value.split(":") if v.strip()]
+    unknown = [n for n in names if n not in SHAPES]
+    if unknown or not 1 <= len(set(names)) < len(SHAPES) or len(set(names)) != len(names):
+        raise ValueError(f"novel shapes must be 1 to {len(SHAPES) - 1} distinct names of {', '.join(SHAPES)}, "
+                         f"separated by ':'" + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    return tuple(n for n in SHAPES if n in names)
 
 
 def main(argv=None) -> dict:
@@ -319,7 +335,8 @@ def main(argv=None) -> dict:
                    help="processes rendering images (default: one per core; the files do not depend on it)")
     p.add_argument("--stats", default="", help="change the world's statistics (WorldStats): 'world-c' for "
                    "docs/DESIGN.md's world C, or key=value pairs, e.g. "
-                   "'object_centric_fraction=0.35,scene_size=26:56' (default: this project's world)")
+                   "'object_centric_fraction=0.35,scene_size=26:56'; the base/novel split as novel=a:b:c, e.g. "
+                   "'novel=star:pentagon:ring' (default: this project's world, novel heart:hexagon:arrow)")
     args = p.parse_args(argv)
     try:
         stats = parse_stats(args.stats)

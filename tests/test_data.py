@@ -403,3 +403,14 @@ def test_bad_tsv_line(tmp_path, case):
         ds = ImageCaptionDataset(path, image_size=8)
     assert ds.skipped == {kind: 1} and [ds[i]["captions"] for i in range(len(ds))] == [["red"], ["green"]]
     assert f"2 images, 2 captions; skipped {kind}=1" in ds.summary()
+
+
+def test_category_splits_choose_what_a_detector_trains_on(toy_world):
+    from regionclip_min.splits import detection_datasets, novel_base_ids
+
+    ovd, val = detection_datasets("json", toy_world["instances_train_all"], toy_world["instances_val_all"])
+    supervised, _ = detection_datasets("all", toy_world["instances_train_all"], toy_world["instances_val_all"])
+    novel, base = novel_base_ids("all", val)
+    assert len(ovd.category_names) == 9 and supervised.category_names == val.category_names  # all 12
+    names = dict(zip(val.category_ids, val.category_names))
+    assert sorted(names[c] for c in novel) == ["arrow", "heart", "hexagon"] and len(base) == 9  # still reported

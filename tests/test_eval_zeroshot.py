@@ -261,3 +261,22 @@ def test_proposals_file_of_the_gt_boxes_scores_as_the_gt_protocol(toy_world, sta
     with pytest.raises(SystemExit, match="short.json: no proposals for 1 of"):
         eval_zeroshot.main([*common, "--kinds", "all", "--boxes", "file", "--proposals_file",
                             str(tmp_path / "short.json"), "--out", str(tmp_path / "short-res.json")])
+
+
+def test_class_probabilities_are_at_the_models_own_temperature_unless_tau_is_given(toy_world, stage0_run, tmp_path):
+    """The zero-shot protocol reads probabilities at the loaded model's own 1/exp(logit_scale) (0.01 for OpenAI's
+    CLIP): the toy CLIP's learned one. --tau 0.01 keeps the literal value; top-1 is the same, AP is not."""
+    from regionclip_min.clip_model import load_clip, logit_scale
+
+    common = ["--checkpoint", str(stage0_run / "final.pt"), "--instances", toy_world["instances_val_all"],
+              "--templates", "single", "--eval_max_images", "8"]
+    own = eval_zeroshot.main([*common, "--out", str(tmp_path / "own.json")])
+    clip = load_clip("RN-toy", str(stage0_run / "final.pt"), verbose=False)[0]
+    assert own["tau"] == pytest.approx(1 / logit_scale(clip)) and own["tau"] != pytest.approx(0.01)
+    assert own["tau_source"] == "the model's own 1/exp(logit_scale)"
+    literal = eval_zeroshot.main([*common, "--tau", "0.01", "--out", str(tmp_path / "literal.json")])
+    assert literal["tau"] == 0.01 and literal["tau_source"] == "--tau"
+    assert literal["gt_box_top1"] == own["gt_box_top1"]
+    assert literal["gt_box_ap50"] != own["gt_box_ap50"]
+    with pytest.raises(SystemExit, match="--tau"):
+        eval_zeroshot.main([*common, "--tau", "0"])

@@ -274,6 +274,10 @@ def official_files(stage0_run, toy_world, tmp_path_factory):
 
 def test_eval_zeroshot_gives_the_same_numbers_for_every_route(official_files, stage0_run, toy_world, tmp_path):
     common = ["--instances", toy_world["instances_val_all"], "--templates", "single", "--eval_max_images", "8"]
+    own = eval_zeroshot.main(["--checkpoint", str(official_files / "regionclip_finetuned-toy.pth"), *common, "--out",
+                              str(tmp_path / "own.json")])
+    assert own["tau"] == pytest.approx(0.01) and own["tau_source"] == "the official CLSS_TEMP"  # no logit_scale
+    common += ["--tau", "0.01"]  # one temperature for every route (the toy CLIP's own is ~0.057), so AP50 agrees
     ours = eval_zeroshot.main(["--checkpoint", str(stage0_run / "final.pt"), *common, "--out",
                                str(tmp_path / "a.json")])
     routes = {

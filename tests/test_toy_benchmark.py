@@ -7,6 +7,7 @@ import os
 import pytest
 
 from benchmarks.toy import benchmark as toy_benchmark
+from benchmarks.toy import study_tables
 from benchmarks.toy import tables as toy_tables
 
 
@@ -21,8 +22,9 @@ def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path,
     assert len(calls) == 1 and calls[0]["jobs"] == 2 and calls[0]["peak_memory_mb"] > 100
     assert calls[0]["command"] == "benchmarks.toy.benchmark run"
     assert sorted(calls[0]["steps_run"]) == sorted(timings)
-    assert set(timings) == {"generate", "stage0", "rpn", "zs-clip-gt", "zs-clip-rpn", "regionclip-full-s0",
-                            "zs-regionclip-s0-gt", "zs-regionclip-s0-rpn", "det-clip-s0", "det-regionclip-s0"}
+    assert set(timings) == {"generate", "stage0", "rpn", "zs-clip-gt", "zs-clip-rpn", "zs-clip-rpn-tau0.01",
+                            "regionclip-full-s0", "zs-regionclip-s0-gt", "zs-regionclip-s0-rpn",
+                            "zs-regionclip-s0-rpn-tau0.01", "det-clip-s0", "det-regionclip-s0"}
     summary = json.loads((res / "summary.json").read_text())
     assert set(summary["amp"].values()) <= {"bf16 autocast", "float32"}
     assert summary["seeds"] == [0] and set(summary["fig1b"]) >= {"whole_image_top1", "gt_box_top1", "gap"}
@@ -33,12 +35,15 @@ def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path,
     named = json.loads((res / "zeroshot" / "clip-gt.json").read_text())["gt_box_named_as"]
     assert "GT boxes were named" in md and all(f"| {c}" in md for c in named)  # one row per category with boxes
     assert md.index("(novel) |") < md.index("| circle |")  # novel categories come first
-    assert "base names only |" in md and md.count("| CLIP (stage 0) |") == 2  # the closed-vocabulary table
-    assert (res / "regions.png").stat().st_size > 0 and (res / "detections.png").stat().st_size > 0
+    assert "base names only |" in md and md.count("| CLIP (stage 0) |") == 3  # + closed vocabulary, tau 0.01
+    # zero-shot at the model's own temperature, and once more at the literal 0.01
+    own, lit = (json.loads((res / "zeroshot" / f"clip-{k}.json").read_text()) for k in ("rpn", "rpn-tau0.01"))
+    assert own["tau"] == pytest.approx(taus_of(tmp_path / "runs")) and lit["tau"] == 0.01
+    assert "at the model's own temperature and at 0.01" in md
+    for png in ("regions", "detections", "region_map", "concept_heatmaps", "loss_curves"):
+        assert (res / f"{png}.png").read_bytes()[:4] == b"\x89PNG", png
     # both transfers classify at the stage-0 CLIP's own temperature, not the literal 0.01 of OpenAI's CLIP
-    taus = {json.loads((tmp_path / "runs" / f"det-{m}-s0" / "config.json").read_text())["tau"]
-            for m in ("clip", "regionclip")}
-    assert len(taus) == 1 and taus.pop() != pytest.approx(0.01)
+    assert taus_of(tmp_path / "runs") != pytest.approx(0.01)
     capsys.readouterr()
     toy_benchmark.main(["run", *args])  # everything exists: nothing is redone
     printed = capsys.readouterr().out
@@ -48,7 +53,64 @@ def test_pipeline_runs_every_step_once_and_writes_summary_and_pictures(tmp_path,
     ckpt = tmp_path / "runs" / "det-regionclip-s0" / "final.pt"
     os.utime(ckpt, (drawn + 10, drawn + 10))  # as after a fresh clone: runs newer than the committed pictures
     toy_benchmark.main(["run", *args])
-    assert (res / "regions.png").stat().st_mtime > drawn and (res / "detections.png").stat().st_mtime > drawn
+    assert all((res / f"{png}.png").stat().st_mtime > drawn for png in ("regions", "detections", "region_map",
+                                                                        "concept_heatmaps", "loss_curves"))
+    # a transfer study beside the same runs: only its own transfers run, from both inits
+    toy_benchmark.main(["transfers", "--studies", "supervised", "--seeds", "0", *args])
+    cfg = json.loads((tmp_path / "runs" / "det-regionclip-supervised-s0" / "config.json").read_text())
+    assert cfg["category_split"] == "all" and cfg["train_json"].endswith("instances_train_all.json")
+    sup = json.loads((tmp_path / "runs" / "det-clip-supervised-s0" / "results.json").read_text())
+    assert "base_vocabulary" not in sup and set(sup["ap50"]) == {"novel", "base", "all"}
+    rows = json.loads((res / "transfers.json").read_text())
+    assert set(rows) == {"preset/clip", "preset/regionclip", "supervised/clip", "supervised/regionclip"}
+    assert rows["supervised/clip"]["ap50.all"]["n"] == 1 and "fully supervised" in (res / "transfers.md").read_text()
+    with pytest.raises(SystemExit, match="--studies"):
+        toy_benchmark.main(["transfers", "--studies", "nope", "--seeds", "0", *args])
+
+
+def taus_of(runs) -> float:
+    """The classifier temperature both toy transfers used (each reads its init's own; RegionCLIP keeps the
+    stage-0 CLIP's logit_scale)."""
+    taus = {json.loads((runs / f"det-{m}-s0" / "config.json").read_text())["tau"] for m in ("clip", "regionclip")}
+    assert len(taus) == 1
+    return taus.pop()
+
+
+def test_world_instances_each_get_their_own_world_stage0_and_summary(tmp_path):
+    args = ["--data", str(tmp_path / "data" / "toy"), "--runs", str(tmp_path / "runs"), "--results",
+            str(tmp_path / "res"), "--world", "num_train=72,num_val=16", "--seeds", "0",
+            "--budget", "stage0_steps=2,rpn_steps=2,regionclip_steps=2,detector_steps=2"]
+    toy_benchmark.main(["seeds", "--worlds", "default,w1", *args])
+    res, runs = tmp_path / "res", tmp_path / "runs"
+    cats = json.loads((tmp_path / "data" / "toy-w1" / "instances_val_all.json").read_text())["categories"]
+    assert [c["name"] for c in cats if c["split"] == "novel"] == toy_benchmark.WORLDS["w1"]["novel"].split(":")
+    info = json.loads((tmp_path / "data" / "toy-w1" / "captions_train.json").read_text())["info"]
+    assert info["seed"] == 1 and info["stats"]["novel"] == ["star", "pentagon", "crescent"]
+    assert (runs / "worlds" / "w1" / "clip" / "final.pt").is_file()  # its own stage 0
+    assert (runs / "worlds" / "w1" / "det-regionclip-s0" / "results.json").is_file()
+    timings = json.loads((res / "timings.json").read_text())
+    assert "stage0" in timings and "w1.stage0" in timings  # one runner, the other world's steps prefixed
+    assert "stage0" in json.loads((res / "worlds" / "w1" / "timings.json").read_text())
+    w1 = json.loads((res / "worlds" / "w1" / "summary.json").read_text())
+    assert w1["world"]["seed"] == 1 and w1["world"]["novel"] == "star:pentagon:crescent"
+    both = json.loads((res / "summary-worlds.json").read_text())
+    assert [r["world"] for r in both["worlds"]] == ["default", "w1"]
+    assert all(r["gt_top1.novel"]["reading"] == "one seed: not known" for r in both["worlds"])
+    md = (res / "summary-worlds.md").read_text()
+    assert "| w1 | 1 | star, pentagon, crescent | 1 |" in md and "of 2" in md
+    with pytest.raises(SystemExit, match="--worlds"):
+        toy_benchmark.main(["run", "--worlds", "w1", *args])
+    with pytest.raises(SystemExit, match="--worlds"):
+        toy_benchmark.main(["seeds", "--worlds", "nope", *args])
+
+
+def test_claim_readings():
+    assert study_tables.claim_reading(4.4, 1.1) == "holds, stable (std < 1/3 of it)"
+    assert study_tables.claim_reading(4.4, 2.0) == "holds"
+    assert study_tables.claim_reading(-10.9, 3.7) == "opposite"
+    assert study_tables.claim_reading(-10.9, 3.5) == "opposite, stable (std < 1/3 of it)"
+    assert study_tables.claim_reading(1.0, 2.0) == "within the std"
+    assert study_tables.claim_reading(1.0, float("nan")) == "one seed: not known"
 
 
 def test_an_ablation_row_runs_for_several_seeds_with_its_own_summary(tmp_path):

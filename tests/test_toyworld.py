@@ -168,3 +168,24 @@ def test_cli_takes_world_stats(tmp_path, capsys):
     with pytest.raises(SystemExit):
         toyworld.main(["--out", str(tmp_path), "--stats", "bogus=1"])
     assert "world stats" in capsys.readouterr().err
+
+
+def test_the_novel_split_is_a_world_setting_that_leaves_the_images_alone(tmp_path):
+    stats = toyworld.parse_stats("novel=ring:star")
+    assert stats.novel == ("star", "ring") and toyworld.WorldStats().novel == toyworld.NOVEL_SHAPES  # SHAPES order
+    for bad in ("novel=star:blob", "novel=", "novel=star:star", "novel=" + ":".join(toyworld.SHAPES)):
+        with pytest.raises(ValueError, match="world stats"):
+            toyworld.parse_stats(bad)
+    default = toyworld.generate(tmp_path / "d", seed=3, num_train=12, num_val=2)
+    other = toyworld.generate(tmp_path / "n", seed=3, num_train=12, num_val=2, stats=stats)
+    cats = json.loads(Path(other["instances_val_all"]).read_text())["categories"]
+    assert [c["name"] for c in cats if c["split"] == "novel"] == ["star", "ring"]
+    star_ring = {toyworld.SHAPES.index(n) + 1 for n in ("star", "ring")}
+    base = json.loads(Path(other["instances_train_base"]).read_text())["annotations"]
+    every = json.loads(Path(other["instances_train_all"]).read_text())["annotations"]
+    assert not any(a["category_id"] in star_ring for a in base)
+    assert len(base) == sum(a["category_id"] not in star_ring for a in every) < len(every)
+    assert json.loads(Path(other["captions_train"]).read_text())["info"]["stats"]["novel"] == ["star", "ring"]
+    for name in ("train_000001.png", "train_000012.png"):  # the split changes the files' labels, not the world
+        assert (tmp_path / "d" / "images" / name).read_bytes() == (tmp_path / "n" / "images" / name).read_bytes()
+    assert json.loads(Path(default["instances_train_all"]).read_text())["annotations"] == every

@@ -244,3 +244,33 @@ def test_crop_teacher_labels_regions_from_crops(toy_world, stage0_run, tmp_path,
     assert json.loads((out / "config.json").read_text())["teacher"] == "crop"
     with pytest.raises(SystemExit, match="--teacher"):
         train_pretrain.main(_rc_args(toy_world, stage0_run, tmp_path / "bad", "--teacher", "cropped"))
+
+
+def test_a_separate_larger_teacher_labels_regions_in_its_own_text_space(toy_world, stage0_run, tmp_path, capsys,
+                                                                         monkeypatch):
+    """The paper's teacher / student ablation: a larger stage-0 CLIP (RN-toy-L, 96-d) teaches the RN-toy student
+    (64-d). The teacher pseudo-labels with the pool embedded by its own text tower; the student's losses use the
+    init's pool and the image-text loss the init's text tower."""
+    from regionclip_min import regionclip
+
+    big = tmp_path / "big"
+    train_pretrain.main(["--preset", "toy-clip", "--model_name", "RN-toy-L", "--captions", toy_world["captions_train"],
+                         "--out_dir", str(big), "--max_steps", "2", "--batch_size", "4", "--num_workers", "0"])
+    seen = {}
+    real = regionclip.pseudo_label
+
+    def spy(teacher_emb, concept_emb, **kw):
+        seen["teacher"], seen["concepts"] = teacher_emb.shape[1], concept_emb.shape[1]
+        return real(teacher_emb, concept_emb, **kw)
+    monkeypatch.setattr(regionclip, "pseudo_label", spy)
+    out = tmp_path / "rc"
+    train_pretrain.main(_rc_args(toy_world, stage0_run, out, "--max_steps", "2", "--log_every", "1",
+                                 "--teacher_init", str(big / "final.pt")))
+    assert seen == {"teacher": 96, "concepts": 96}  # the teacher's regions against the teacher's pool
+    assert "(RN-toy-L, 96-d text space) labels the regions" in capsys.readouterr().out
+    state = load_checkpoint(out / "final.pt")
+    assert state["model_name"] == "RN-toy" and state["model"]["visual.attnpool.c_proj.weight"].shape[0] == 64
+    assert json.loads((out / "config.json").read_text())["teacher_init"] == str(big / "final.pt")
+    with pytest.raises(SystemExit, match="--teacher_init is for --stage regionclip"):
+        train_pretrain.main(["--preset", "toy-clip", "--captions", toy_world["captions_train"], "--out_dir",
+                             str(tmp_path / "x"), "--teacher_init", str(big / "final.pt")])

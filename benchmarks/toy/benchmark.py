@@ -4,6 +4,8 @@
     python -m benchmarks.toy.benchmark seeds        # make toy-seeds:     RegionCLIP + transfer for seeds 0, 1, 2
     python -m benchmarks.toy.benchmark seeds --row crop-teacher   # the same for an ablation row (summary-<row>.md)
     python -m benchmarks.toy.benchmark ablations    # make toy-ablations: the paper's ablations, one row each
+    python -m benchmarks.toy.benchmark transfers    # make toy-transfers: fully supervised, RoI sampling, seeds 0-2
+    python -m benchmarks.toy.benchmark seeds --worlds default,w1,w2   # make toy-seeds-worlds: other world instances
     python -m benchmarks.toy.benchmark summary      # only rebuild the tables from the runs
 
 Tables, pictures and logs go to --results, by default runs/toy-bench/results/, which git does not track; the
@@ -33,14 +35,21 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.toy.pipeline import Runner, Step
+from benchmarks.toy.pictures import pictures
+from benchmarks.toy.pipeline import Runner, Step, prefixed
+from benchmarks.toy.study_tables import write_transfers, write_worlds
 from benchmarks.toy.tables import rc_dir, row_names, summarize, write_ablations
-from regionclip_min.toyworld import SHAPES
+from regionclip_min.toyworld import NOVEL_SHAPES, SHAPES
 
 DATA = Path("data/toy")
 RUNS = Path("runs/toy-bench")
 RESULTS = Path("runs/toy-bench/results")  # untracked; the committed reference tables are in results/toy/
-WORLD = dict(seed=0, num_train=8000, num_val=500)  # docs/DESIGN.md §5.1 world C size
+WORLD = dict(seed=0, num_train=8000, num_val=500, novel=":".join(NOVEL_SHAPES))  # docs/DESIGN.md §5.1 world C size
+WORLDS = {  # world instances of `seeds --worlds`: the world seed and the novel split change, the rest is WORLD's
+    "default": dict(seed=0, novel=":".join(NOVEL_SHAPES)),  # the benchmark's own world (data/toy, runs/toy-bench)
+    "w1": dict(seed=1, novel="star:pentagon:crescent"),
+    "w2": dict(seed=2, novel="triangle:diamond:ring"),
+}
 BUDGET = dict(stage0_steps=2500, rpn_steps=600, regionclip_steps=300, detector_steps=300)
 SEEDS = (0, 1, 2)
 AMP = "none"  # float32: bf16 autocast made stage 0 1.3x faster here but it then learned no novel shape
@@ -81,14 +90,18 @@ def generate(b: Bench) -> Step:
     return Step("generate", f"generate the toy world ({b.world['num_train']} train / {b.world['num_val']} val images)",
                 b.data / "instances_val_all.json",
                 ["-m", "regionclip_min.toyworld", "--out", b.data, "--seed", b.world["seed"], "--num-train",
-                 b.world["num_train"], "--num-val", b.world["num_val"]], threads=STAGE0_THREADS)
+                 b.world["num_train"], "--num-val", b.world["num_val"], "--stats", f"novel={b.world['novel']}"],
+                threads=STAGE0_THREADS)
 
 
-def stage0(b: Bench) -> Step:
-    out = b.runs / "clip"
-    return Step("stage0", f"stage 0: the toy CLIP, {b.budget['stage0_steps']} steps", out / "final.pt",
+def stage0(b: Bench, large: bool = False) -> Step:
+    """Stage 0: the toy CLIP (RN-toy), or with `large` the larger teacher of the teacher / student row (RN-toy-L,
+    runs/clip-L), trained by the same command."""
+    out, name, model = (b.runs / "clip-L", "stage0-L", "RN-toy-L") if large else (b.runs / "clip", "stage0", "RN-toy")
+    return Step(name, f"stage 0: the toy CLIP ({model}), {b.budget['stage0_steps']} steps", out / "final.pt",
                 ["train_pretrain.py", "--preset", "toy-clip", "--captions", b.data / "captions_train.json",
-                 "--out_dir", out, "--max_steps", b.budget["stage0_steps"], "--amp", AMP], run_dir=out,
+                 "--out_dir", out, "--max_steps", b.budget["stage0_steps"], "--amp", AMP,
+                 *(("--model_name", model) if large else ())], run_dir=out,
                 after=("generate",), threads=STAGE0_THREADS)
 
 
@@ -109,13 +122,15 @@ def regionclip(b: Bench, seed: int, tag: str = "full", extra: tuple = ()) -> Ste
                  b.runs / "clip" / "final.pt", "--rpn_checkpoint", b.runs / "rpn" / "final.pt",
                  "--out_dir", out, "--seed", seed, "--max_steps", b.budget["regionclip_steps"],
                  "--concept_cache", b.runs / "concept-cache", "--amp", AMP, *extra], run_dir=out,
-                after=("stage0", "rpn"))
+                after=("stage0", "rpn") + (("stage0-L",) if "--teacher_init" in extra else ()))
 
 
 def transfer(b: Bench, init_step: str, name: str, seed: int, extra: tuple = ()) -> Step:
-    """Detector transfer from the checkpoint that step `init_step` wrote."""
+    """Detector transfer from the checkpoint that step `init_step` wrote; `extra` options come last, so they
+    override the defaults given here (ALL_BOXES stands for the train json with every category's boxes)."""
     init = _ckpt(b, init_step)
     out = b.runs / f"det-{name}-s{seed}"
+    extra = tuple(b.data / "instances_train_all.json" if a == "ALL_BOXES" else a for a in extra)
     return Step(f"det-{name}-s{seed}", f"detector transfer from {name}, seed {seed}, {b.budget['detector_steps']} "
                 f"steps", out / "results.json",
                 ["train_detect.py", "--preset", "toy", "--init", init, "--train_json",
@@ -124,34 +139,81 @@ def transfer(b: Bench, init_step: str, name: str, seed: int, extra: tuple = ()) 
                 after=(init_step,))
 
 
-def zeroshot(b: Bench, ckpt_step: str, name: str, extra: tuple = ()) -> list[Step]:
-    """Zero-shot GT-box and RPN evaluation of the checkpoint that step `ckpt_step` wrote."""
+def zeroshot(b: Bench, ckpt_step: str, name: str, extra: tuple = (), literal_tau: bool = False) -> list[Step]:
+    """Zero-shot GT-box and RPN evaluation of the checkpoint that step `ckpt_step` wrote, at the model's own
+    temperature (eval_zeroshot.py's protocol); `literal_tau`: the RPN evaluation again at tau = 0.01, OpenAI CLIP's
+    value (GT-box top-1 does not depend on tau)."""
     ckpt = _ckpt(b, ckpt_step)
-    return [Step(f"zs-{name}-{boxes}", f"zero-shot {'GT-box recognition' if boxes == 'gt' else 'RPN detection'} of "
-                 f"{name}", b.results / "zeroshot" / f"{name}-{boxes}.json",
+    runs = [("gt", "gt", ()), ("rpn", "rpn", ())] + ([("rpn", "rpn-tau0.01", ("--tau", "0.01"))] if literal_tau
+                                                     else [])
+    return [Step(f"zs-{name}-{key}", f"zero-shot {'GT-box recognition' if boxes == 'gt' else 'RPN detection'} of "
+                 f"{name}{' at tau 0.01' if tau else ''}", b.results / "zeroshot" / f"{name}-{key}.json",
                  ["eval_zeroshot.py", "--checkpoint", ckpt, "--boxes", boxes, "--rpn_checkpoint",
                   b.runs / "rpn" / "final.pt", "--instances", b.data / "instances_val_all.json", "--out",
-                  b.results / "zeroshot" / f"{name}-{boxes}.json", "--overwrite", "true", *extra],
-                 after=(ckpt_step,) if boxes == "gt" else (ckpt_step, "rpn")) for boxes in ("gt", "rpn")]
+                  b.results / "zeroshot" / f"{name}-{key}.json", "--overwrite", "true", *extra, *tau],
+                 after=(ckpt_step,) if boxes == "gt" else (ckpt_step, "rpn")) for boxes, key, tau in runs]
 
 
 # ---- the stages of the benchmark --------------------------------------------------------------------------------
-def _extra(tag: str) -> tuple:
+def _extra(b: Bench, tag: str) -> tuple:
     """The train_pretrain.py arguments of ABLATIONS row `tag` (none for the full model)."""
-    extra = {t: e for t, _, e in ABLATIONS}.get(tag, ())
-    return tuple(",".join(SHAPES) if a == "CLASS_NAMES" else a for a in extra)
+    names = {"CLASS_NAMES": ",".join(SHAPES), "TEACHER_L": b.runs / "clip-L" / "final.pt"}
+    return tuple(names.get(a, a) for a in _raw(tag))
+
+
+def _large_teacher(b: Bench, tags) -> list[Step]:
+    """[the RN-toy-L stage 0] when a row of `tags` is taught by it, else []."""
+    return [stage0(b, large=True)] if any("TEACHER_L" in _raw(t) for t in tags) else []
+
+
+def _raw(tag: str) -> tuple:
+    return {t: e for t, _, e in ABLATIONS}.get(tag, ())
 
 
 def pipeline_steps(b: Bench, seeds: tuple = (0,), tag: str = "full") -> list[Step]:
     """The pipeline, critical path first (the runner starts ready steps in this order); `tag` picks the RegionCLIP
     row (the full model, or an ABLATIONS row run for several seeds)."""
-    steps = [generate(b), stage0(b), rpn(b)]
-    steps += [regionclip(b, seed, tag, _extra(tag)) for seed in seeds]
+    steps = [generate(b), stage0(b), *_large_teacher(b, [tag]), rpn(b)]
+    steps += [regionclip(b, seed, tag, _extra(b, tag)) for seed in seeds]
     steps += [transfer(b, f"regionclip-{tag}-s{seed}", row_names(tag, seed)[1], seed) for seed in seeds]
     steps += [transfer(b, "stage0", "clip", seed) for seed in seeds]
-    steps += zeroshot(b, "stage0", "clip")
-    steps += [s for seed in seeds for s in zeroshot(b, f"regionclip-{tag}-s{seed}", row_names(tag, seed)[0])]
+    steps += zeroshot(b, "stage0", "clip", literal_tau=True)
+    steps += [s for seed in seeds for s in zeroshot(b, f"regionclip-{tag}-s{seed}", row_names(tag, seed)[0],
+                                                    literal_tau=tag == "full")]
     return steps
+
+
+def world_bench(b: Bench, name: str) -> Bench:
+    """The Bench of world instance `name` of WORLDS: `b` itself for "default"; otherwise its own data, runs and
+    results folders beside b's (data/toy-<name>, <runs>/worlds/<name>, <results>/worlds/<name>), with b's world
+    size, budget and seeds, and the world seed and novel split of WORLDS[name]."""
+    if name == "default":
+        return b
+    return Bench(b.force, data=b.data.with_name(f"{b.data.name}-{name}"), runs=b.runs / "worlds" / name,
+                 results=b.results / "worlds" / name, world={**b.world, **WORLDS[name]}, budget=b.budget,
+                 seeds=b.seeds, jobs=b.runner.jobs)
+
+
+def run_worlds(b: Bench, names: list[str], tag: str = "full") -> None:
+    """`seeds` on several world instances: every world's pipeline in one step list (other worlds' step names
+    prefixed '<name>.'), so both lanes stay busy; each world's step times go to its own results folder."""
+    benches = {n: world_bench(b, n) for n in names}
+    steps = []
+    for n, bw in benches.items():
+        own = pipeline_steps(bw, bw.seeds, tag)
+        steps += own if n == "default" else prefixed(own, f"{n}.")
+    b.run(steps)
+    for n, bw in benches.items():
+        if n != "default":  # its steps' timings, under their own names, for its summary's step-time table
+            own = {k[len(n) + 1:]: v for k, v in b.runner.timings.items() if k.startswith(f"{n}.")}
+            bw.results.mkdir(parents=True, exist_ok=True)
+            (bw.results / "timings.json").write_text(json.dumps(own, indent=2))
+    if "default" in benches and tag == "full":
+        pictures(b, b.runs / "clip" / "final.pt", rc_dir(b, "full", b.seeds[0]) / "final.pt", b.seeds[0])
+
+
+def _what(tag: str) -> str:
+    return "" if tag == "full" else dict((t, w) for t, w, _ in ABLATIONS)[tag]
 
 
 def run_pipeline(b: Bench, seeds: tuple = (0,), tag: str = "full") -> None:
@@ -171,6 +233,8 @@ ABLATIONS = [  # (tag, what, extra train_pretrain.py args); the full model is re
     ("neg-pool", "negatives: every concept of the pool instead of the batch's", ("--negatives", "pool")),
     ("tau-teacher", "tau = the teacher's own 1/logit_scale instead of 0.01", ("--tau_from_init", "true")),
     ("native-128", "regions pooled at the native 128 px instead of 2x enlarged images", ("--region_scale", "1.0")),
+    ("teacher-L", "teacher: a larger stage-0 CLIP (RN-toy-L: width 24, 96-d) teaches the RN-toy student (Table 6)",
+     ("--teacher_init", "TEACHER_L")),
     ("image-tau-teacher", "extra, not in the paper: image-text loss at the teacher's own tau, region losses at 0.01",
      ("--image_tau_from_init", "true")),
     ("crop-teacher", "extra, not in the paper: ViLD-style teacher, each proposal cropped (1.25x context) and encoded "
@@ -181,15 +245,41 @@ ABLATIONS = [  # (tag, what, extra train_pretrain.py args); the full model is re
     ("lr3e-4", "extra, optimisation tried: learning rate 3e-4 instead of 1e-4", ("--lr", "3e-4")),
     ("steps900", "extra, optimisation tried: 900 steps instead of 300", ("--max_steps", "900")),
 ]
-LONG_ABLATIONS = ("steps900", "crop-teacher", "crop-teacher-lr3e-5")  # started first by make toy-ablations
-TRANSFER_ABLATIONS = ("crop-teacher", "crop-teacher-lr3e-5")  # rows that also get a detector transfer
+LONG_ABLATIONS = ("teacher-L", "steps900", "crop-teacher", "crop-teacher-lr3e-5")  # started first by make toy-ablations
+TRANSFER_ABLATIONS = ("teacher-L", "crop-teacher", "crop-teacher-lr3e-5")  # rows that also get a detector transfer
+
+
+TRANSFER_STUDIES = [  # (tag, what, extra train_detect.py args): transfers from CLIP and RegionCLIP for every seed
+    ("supervised", "fully supervised: every category's boxes and names in training (paper Table 5)",
+     ("--train_json", "ALL_BOXES", "--category_split", "all")),
+    ("rois512", "512 RoIs sampled per image instead of 32 (torchvision's default)",
+     ("--box_batch_size_per_image", "512")),
+    ("props2000", "2,000 proposals per image into RoI sampling instead of 200 (torchvision's default; 2,000 before "
+     "NMS too)", ("--rpn_pre_nms_top_n_train", "2000", "--rpn_post_nms_top_n_train", "2000")),
+    ("sampling2", "RoIAlign sampling ratio 2 instead of adaptive (torchvision's default)",
+     ("--roi_sampling_ratio", "2")),
+]
+
+
+def run_transfers(b: Bench, tags: list[str]) -> None:
+    """The TRANSFER_STUDIES rows `tags`, each from CLIP and from RegionCLIP for every seed, beside the headline
+    pipeline whose checkpoints they start from; then <results>/transfers.md."""
+    studies = [t for t in TRANSFER_STUDIES if t[0] in tags]
+    steps = pipeline_steps(b, b.seeds)
+    for tag, _, extra in studies:
+        for seed in b.seeds:
+            steps += [transfer(b, "stage0", f"clip-{tag}", seed, extra),
+                      transfer(b, f"regionclip-full-s{seed}", f"regionclip-{tag}", seed, extra)]
+    b.run(steps)
+    write_transfers(b, studies)
 
 
 def run_ablations(b: Bench) -> None:
-    steps = pipeline_steps(b, seeds=(0,))
+    steps = pipeline_steps(b, seeds=(0,)) + _large_teacher(b, [t for t, _, _ in ABLATIONS])
     rows = sorted(ABLATIONS, key=lambda r: r[0] not in LONG_ABLATIONS)  # the long ones first: a shorter tail
     for tag, _, _ in rows:
-        steps += [regionclip(b, 0, tag, _extra(tag)), *zeroshot(b, f"regionclip-{tag}-s0", f"regionclip-{tag}-s0")]
+        steps += [regionclip(b, 0, tag, _extra(b, tag)), *zeroshot(b, f"regionclip-{tag}-s0",
+                                                                   f"regionclip-{tag}-s0")]
         if tag in TRANSFER_ABLATIONS:
             steps.append(transfer(b, f"regionclip-{tag}-s0", f"regionclip-{tag}", 0))
     steps += [transfer(b, "regionclip-full-s0", "regionclip-nofocal", 0, ("--focal_gamma", "0", "--background_weight",
@@ -204,39 +294,22 @@ def run_ablations(b: Bench) -> None:
     write_ablations(b, ABLATIONS)
 
 
-# ---- pictures -------------------------------------------------------------------------------------------------
-def pictures(b: Bench, clip_ckpt: Path, rc_ckpt: Path, seed: int, n_images: int = 6) -> None:
-    """results/toy/regions.png and detections.png from the first `n_images` val scenes (drawing.py), redrawn when
-    a checkpoint they show is newer than they are (a fresh clone's committed pictures are older than its runs)."""
-    from regionclip_min.drawing import detection_grid, region_grid
-
-    out_regions, out_dets = b.results / "regions.png", b.results / "detections.png"
-    dets = [b.runs / f"det-{name}-s{seed}" / "final.pt" for name in ("clip", "regionclip")]
-    newest = max(p.stat().st_mtime for p in (clip_ckpt, rc_ckpt, *dets))
-    if all(p.is_file() and p.stat().st_mtime >= newest for p in (out_regions, out_dets)) and not b.force:
-        return
-    val = (b.data / "instances_val_all.json", b.data / "images")
-    region_grid(*val, [clip_ckpt, rc_ckpt], out_regions, n_images=n_images)
-    print(f"{out_regions}: top row CLIP, bottom row RegionCLIP; green right, red wrong; * novel")
-    detection_grid(*val, dets, out_dets, n_images=n_images)
-    print(f"{out_dets}: top row transfer from CLIP, bottom row from RegionCLIP; novel classes red and *")
-
-
 def _key_values(text: str, defaults: dict) -> dict:
-    """'a=1,b=2' -> {"a": 1, "b": 2} for keys of `defaults` (integers)."""
+    """'a=1,b=x' -> {"a": 1, "b": "x"} for keys of `defaults` (integers, or text where the default is text)."""
     out = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         key, _, value = item.partition("=")
-        if key not in defaults or not value.strip().isdigit():
-            raise SystemExit(f"expected key=integer with keys {sorted(defaults)}, got {item!r}")
-        out[key] = int(value)
+        text_value = isinstance(defaults.get(key), str)
+        if key not in defaults or not (value.strip() if text_value else value.strip().isdigit()):
+            raise SystemExit(f"expected key=value with keys {sorted(defaults)} (integers; novel=a:b:c), got {item!r}")
+        out[key] = value.strip() if text_value else int(value)
     return out
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("what", choices=("run", "seeds", "ablations", "summary"))
+    p.add_argument("what", choices=("run", "seeds", "ablations", "transfers", "summary"))
     p.add_argument("--force", action="store_true", help="redo steps whose outputs exist (make ... FORCE=1)")
     p.add_argument("--data", default=str(DATA), help="toy world folder (default %(default)s)")
     p.add_argument("--runs", default=str(RUNS), help="run folders (default %(default)s)")
@@ -246,6 +319,11 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of `seeds` (default %(default)s)")
     p.add_argument("--jobs", type=int, default=JOBS, help="steps run side by side (default %(default)s; 1: one "
                    "after the other, each progress bar on the terminal); thread counts stay fixed")
+    p.add_argument("--studies", default=",".join(t for t, _, _ in TRANSFER_STUDIES),
+                   help="transfers: the TRANSFER_STUDIES rows to run (default: all, %(default)s)")
+    p.add_argument("--worlds", default="", help="seeds / summary: these world instances (comma list of "
+                   f"{', '.join(WORLDS)}), each with its own stage 0, and <results>/summary-worlds.md (default: "
+                   "the default world alone)")
     p.add_argument("--row", default="full", choices=("full", *(t for t, _, _ in ABLATIONS)),
                    help="seeds / summary: the RegionCLIP row run for every seed, 'full' (the paper's model, "
                    "summary.md) or an ablation row (summary-<row>.md) (default %(default)s)")
@@ -255,18 +333,38 @@ def main(argv=None) -> None:
         raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
     if args.row != "full" and args.what not in ("seeds", "summary"):
         raise SystemExit(f"--row {args.row}: only for `seeds` and `summary` (run and ablations use the full model)")
+    worlds = [w.strip() for w in args.worlds.split(",") if w.strip()]
+    if worlds and (args.what not in ("seeds", "summary") or set(worlds) - set(WORLDS)):
+        raise SystemExit(f"--worlds: only for `seeds` and `summary`, with names of {', '.join(WORLDS)}; got "
+                         f"{args.worlds!r} for `{args.what}`")
     b = Bench(force=args.force, data=Path(args.data), runs=Path(args.runs), results=Path(args.results),
               world=_key_values(args.world, WORLD), budget=_key_values(args.budget, BUDGET),
               seeds=tuple(int(x) for x in args.seeds.split(",") if x.strip()), jobs=args.jobs)
-    b.what = args.what
+    b.what = args.what + (f" --worlds {','.join(worlds)}" if worlds else "")
+    row = args.row if args.what in ("seeds", "summary") else "full"
+    if worlds:  # seeds or summary on several world instances: each world's summary.md, then summary-worlds.md
+        if args.what == "seeds":
+            run_worlds(b, worlds, row)
+        benches = {w: world_bench(b, w) for w in worlds}
+        for bw in benches.values():
+            summarize(bw, row, _what(row))
+        write_worlds(b, benches, row)
+        print(f"{b.what}: {time.time() - t0:.0f} s in this call")
+        return
     if args.what == "run":
         run_pipeline(b)
     elif args.what == "seeds":
         run_pipeline(b, seeds=b.seeds, tag=args.row)
     elif args.what == "ablations":
         run_ablations(b)
-    row = args.row if args.what in ("seeds", "summary") else "full"
-    summarize(b, row, "" if row == "full" else dict((t, w) for t, w, _ in ABLATIONS)[row])
+    elif args.what == "transfers":
+        tags = [t.strip() for t in args.studies.split(",") if t.strip()]
+        unknown = sorted(set(tags) - {t for t, _, _ in TRANSFER_STUDIES})
+        if unknown or not tags:
+            raise SystemExit(f"--studies: unknown {unknown or 'none given'}; known: "
+                             f"{', '.join(t for t, _, _ in TRANSFER_STUDIES)}")
+        run_transfers(b, tags)
+    summarize(b, row, _what(row))
     print(f"{args.what}: {time.time() - t0:.0f} s in this call")
 
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -42,6 +42,12 @@ class Step:
     run_dir: Path | None = None  # a training run: resumed if it holds checkpoints, --overwrite with force
     after: tuple = ()  # names of the steps this one needs
     threads: int | None = None  # its thread count; None: the runner's
+
+
+def prefixed(steps: list[Step], prefix: str) -> list[Step]:
+    """The same steps named `prefix` + name (and needing the prefixed names), so that the pipelines of several
+    worlds run as one list in one Runner without their names colliding."""
+    return [replace(s, name=prefix + s.name, after=tuple(prefix + a for a in s.after)) for s in steps]
 
 
 class Runner:

@@ -3,6 +3,7 @@
     results/toy/summary.{md,json}      CLIP vs RegionCLIP, mean ± std over seeds (summary-<row>.* for an ablation
                                        row run for every seed), the Fig. 1(b) check, step times
     results/toy/ablations.{md,json}    one row per ablation against the full model (seed 0)
+    (the studies' tables, transfers.md and summary-worlds.md, are in study_tables.py)
 
 benchmark.py runs the steps and then calls these; `python -m benchmarks.toy.benchmark summary` only rebuilds
 summary.md. Where a RegionCLIP row writes is named here (`row_names`, `rc_dir`), so the steps and the tables agree on
@@ -143,6 +144,7 @@ def summarize(b: Bench, tag: str = "full", what: str = "") -> dict:
           f"Budget: {b.budget}; world: {b.world}; pretraining precision (train_pretrain.py --amp): stage 0 "
           f"{amp['stage0']}, RegionCLIP {amp['regionclip']}.",
           ""]
+    md += _literal_tau_section(b, seeds, zs_name)
     md += _closed_vocabulary_section(b, seeds, det_name)
     md += _named_as_section(b, clip_gt, _load(zs / f"{zs_name(seeds[0])}-gt.json") if seeds else None)
     md += ["## Step times", "", "| step | seconds |", "|---|---|"]
@@ -156,6 +158,28 @@ def summarize(b: Bench, tag: str = "full", what: str = "") -> dict:
     (b.results / f"{stem}.md").write_text(text)
     print(text)
     return summary
+
+
+def _literal_tau_section(b: Bench, seeds: list[int], rc_zs_name) -> list[str]:
+    """Markdown: zero-shot RPN AP50 at tau = 0.01 (OpenAI CLIP's value) beside the table's (the model's own
+    temperature); [] if the tau-0.01 evaluations did not run."""
+    zs = b.results / "zeroshot"
+    rows = []
+    for label, name in (("CLIP (stage 0)", lambda s: "clip"), ("RegionCLIP", rc_zs_name)):
+        own = [_load(zs / f"{name(s)}-rpn.json") for s in seeds]
+        lit = [_load(zs / f"{name(s)}-rpn-tau0.01.json") for s in seeds]
+        if not seeds or None in own or None in lit:
+            return []
+        cells = [fmt_mean_std(mean_std([100 * r["rpn_ap50"][k] for r in res if not math.isnan(r["rpn_ap50"][k])]))
+                 for res in (own, lit) for k in ("novel", "base", "all")]
+        rows.append(f"| {label} | {own[0]['tau']:.4f} | " + " | ".join(cells) + " |")
+    return ["## Zero-shot RPN AP50 at the model's own temperature and at 0.01", "",
+            "| model | own tau | own: novel | base | all | tau 0.01: novel | base | all |",
+            "|---|---|---|---|---|---|---|---|", *rows, "",
+            "The table above reads class probabilities at the loaded model's own 1/exp(logit_scale), as the "
+            "detector's classifier does (0.01 for OpenAI's CLIP, the paper's value; the toy CLIP learned its own). "
+            "The tau = 0.01 columns are the same proposals and embeddings at the literal 0.01. GT-box top-1 does not "
+            "depend on tau.", ""]
 
 
 def _closed_vocabulary_section(b: Bench, seeds: list[int], rc_det_name) -> list[str]:
@@ -240,5 +264,18 @@ def write_ablations(b: Bench, ablations: list[tuple]) -> None:
 
 
 def machine() -> str:
-    return (f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} "
-            f"threads), Python {platform.python_version()}")
+    """The machine in one line, with the CPU model and the instruction set torch's kernels use: float rounding, and
+    so every trained number here, depends on them (the same seed and thread count on another CPU trains another
+    stage 0)."""
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
+                 platform.processor() or "?")
+    return (f"{platform.machine()} {model}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads, CPU kernels {torch.backends.cpu.get_cpu_capability()}), "
+            f"Python {platform.python_version()}")
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""

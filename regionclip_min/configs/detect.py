@@ -21,7 +21,8 @@ class DetectConfig:
     category_split: str = field(default="json", metadata={"help": "'json': base/novel from each category's 'split' "
                                 "field; 'coco-ovd': OVR-CNN's 48 base / 17 novel COCO names; 'lvis': base = "
                                 "frequent + common (866 of LVIS v1), novel = rare (337), from each category's "
-                                "'frequency'"})
+                                "'frequency'; 'all': fully supervised, every category's boxes (novel / base AP "
+                                "still read from the 'split' field)"})
     drop_empty: bool = field(default=False, metadata={"help": "leave out training images without a base box"})
     min_sizes: str = field(default="256", metadata={"help": "training short sides, comma-separated (one drawn per "
                            "step); the last is the test size (torchvision's rule). Toy: 256 = 2x (docs/DESIGN.md "

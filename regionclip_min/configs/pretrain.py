@@ -67,6 +67,14 @@ class PretrainConfig:
     teacher: str = field(default="pooled", metadata={"help": "how the frozen teacher embeds a proposal: 'pooled' "
                          "(the paper: RoIAlign on its res4 map, res5, attention pool) or 'crop' (not the paper's: "
                          "ViLD-style, the box cut out and encoded as a whole image; regions.CropEncoder)"})
+    teacher_init: str | None = field(default=None, metadata={"help": "a separate frozen teacher (the paper's "
+                                     "teacher / student ablation, Table 6; official TEACHER_RESNETS_DEPTH): a "
+                                     "train_pretrain.py checkpoint such as a larger stage-0 CLIP, or weights for "
+                                     "--teacher_model_name. It labels the regions with the pool embedded by its own "
+                                     "text tower; the student's losses and the image-text loss keep the init's text "
+                                     "tower (default: the init's frozen copy teaches)"})
+    teacher_model_name: str | None = field(default=None, metadata={"help": "--teacher_init's open_clip model "
+                                           "(default: the name its checkpoint records, else --model_name)"})
     crop_context: float = field(default=1.25, metadata={"help": "--teacher crop: side of the square crop over the "
                                 "box's longer side"})
     pseudo_threshold: float = field(default=0.1, metadata={"help": "keep region iff max concept prob > this"})

@@ -57,8 +57,10 @@ class EvalConfig:
                                          "embeddings (e.g. the official coco_65_cls_emb.pth) used instead of encoding "
                                          "the names; its rows are the --vocabulary names, or the dataset's categories "
                                          "sorted by id"})
-    tau: float = field(default=0.01, metadata={"help": "softmax temperature of the class probabilities (paper: "
-                       "0.01)"})
+    tau: float | None = field(default=None, metadata={"help": "softmax temperature of the class probabilities "
+                              "(default: the loaded model's own, 1/exp(logit_scale): 0.01 for OpenAI's CLIP and the "
+                              "official checkpoints, the paper's value, and the learned ~0.057 for the toy CLIP; an "
+                              "official detector without a text encoder: the official 0.01)"})
     objectness_power: float = field(default=0.5, metadata={"help": "--boxes rpn / --image: score = p_class * "
                                     "objectness ** this (0: class probability only, which ranks background boxes "
                                     "as high as objects; 1: their product)"})
@@ -94,7 +96,7 @@ def check_config(cfg) -> None:
     if cfg.region_encoder not in ("pooled", "crop") or cfg.crop_context <= 0:
         problems.append(f"--region_encoder must be pooled or crop and --crop_context positive, got "
                         f"{cfg.region_encoder!r} and {cfg.crop_context}")
-    if cfg.region_scale <= 0 or cfg.tau <= 0 or min(cfg.rpn_top_k, cfg.proposals_per_image, cfg.eval_batch_size,
+    if cfg.region_scale <= 0 or (cfg.tau is not None and cfg.tau <= 0) or min(cfg.rpn_top_k, cfg.proposals_per_image, cfg.eval_batch_size,
                                                      cfg.max_boxes, cfg.draw_scale) < 1:
         problems.append("--region_scale, --tau, --rpn_top_k, --proposals_per_image, --eval_batch_size, --max_boxes "
                         "and --draw_scale must be positive")
