@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import to_tensor
 
-from regionclip_min.clip_model import TEMPLATES, encode_texts, load_clip
+from regionclip_min.clip_model import TEMPLATES, encode_texts, load_clip, logit_scale
 from regionclip_min.detector import set_vocabulary
 from regionclip_min.drawing import draw_detections
 from regionclip_min.evaluation import region_detections, region_embeddings
@@ -114,13 +114,14 @@ def _model(model_name: str, weights: str | None, device: str):
 
 
 def detect(image, names: list[str], model_name: str = "RN50", weights: str | None = None, *, rpn: str | None = None,
-           scale: float = 1.0, tau: float = 0.01, min_score: float = 0.0, max_boxes: int = 10,
+           scale: float = 1.0, tau: float | None = None, min_score: float = 0.0, max_boxes: int = 10,
            device: str = "cpu") -> list[dict]:
     """Detect `names` in `image` (a path, a PIL image, or a (3, H, W) float tensor in [0, 1]).
 
     Returns at most `max_boxes` dicts {"box": [x1, y1, x2, y2] pixels of the image, "name", "score"}, best first.
     The model is loaded once per (model_name, weights) and kept for the next call. `scale` enlarges the image before
-    regions are pooled (1 for photos and real CLIPs; 2 for the 128-px toy CLIP).
+    regions are pooled (1 for photos and real CLIPs; 2 for the 128-px toy CLIP). `tau`: the softmax temperature;
+    None reads the model's own 1/exp(logit_scale), as `eval_zeroshot.py` does (0.01 for OpenAI's CLIP).
     """
     if not names:
         raise ValueError("detect needs at least one name")
@@ -130,6 +131,7 @@ def detect(image, names: list[str], model_name: str = "RN50", weights: str | Non
         image = to_tensor(image.convert("RGB"))
     model, tokenizer = _model(model_name, str(weights) if weights is not None else None, device)
     class_emb = encode_texts(model, tokenizer, list(names), TEMPLATES).cpu()  # (V, D)
+    tau = 1.0 / logit_scale(model) if tau is None else tau
     dets, _, _ = zero_shot_detections(model.visual, image, class_emb,
                                       proposer=rpn_proposer(rpn, device=device) if rpn else None, scale=scale,
                                       tau=tau, device=device)

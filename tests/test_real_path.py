@@ -144,6 +144,11 @@ def test_demo_is_a_short_python_call(real):
         assert d["name"] in ("cat", "cup", "person") and 0 <= x1 < x2 <= 320 and 0 <= y1 < y2 <= 240
     with pytest.raises(ValueError, match="at least one name"):
         detect(real / "photos" / "street.jpg", [], "RN-toy")
+    # the model's own temperature unless tau is given, as eval_zeroshot.py reads it
+    from regionclip_min.clip_model import load_clip, logit_scale
+    own = 1 / logit_scale(load_clip("RN-toy", str(real / "clip_weights.pt"), verbose=False)[0])
+    args = (real / "photos" / "street.jpg", ["cat", "cup", "person"], "RN-toy", real / "clip_weights.pt")
+    assert detect(*args, tau=own, max_boxes=3) == found != detect(*args, tau=own / 4, max_boxes=3)
 
 
 def test_split_marks_and_devices_get_one_line_messages(real, tmp_path):
