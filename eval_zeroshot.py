@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from regionclip_min import engine, official
-from regionclip_min.checkpoint import claim_result, file_digest, load_checkpoint, write_json
+from regionclip_min.checkpoint import claim_result, file_digest, load_checkpoint, recorded_model_name, write_json
 from regionclip_min.cli import format_config, parse_config, run_main
 from regionclip_min.clip_model import (SINGLE_TEMPLATE, TEMPLATES, encode_texts, guess_model_name, load_clip,
                                        logit_scale)
@@ -74,7 +74,7 @@ def load_model(cfg, device, state: dict | None = None):
     state = load_checkpoint(cfg.checkpoint) if state is None else state
     if (layout := official.checkpoint_layout(state)) is not None:
         return load_official(cfg, state["model"], layout, device)
-    name = state.get("model_name") or state.get("config", {}).get("model_name")
+    name = recorded_model_name(state)
     kind = state.get("kind") or state.get("stage", "?")
     if name is None:
         raise SystemExit(f"{cfg.checkpoint}: no model_name in this checkpoint; pass --model_name and --pretrained")

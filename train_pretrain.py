@@ -69,8 +69,7 @@ def build_teacher(cfg, text_clip, tokenizer, device):
         return text_clip, tokenizer, cfg.model_name
     name = cfg.teacher_model_name
     if name is None and Path(cfg.teacher_init).is_file():
-        state = ckpt.load_checkpoint(cfg.teacher_init)
-        name = state.get("model_name") or state.get("config", {}).get("model_name")
+        name = ckpt.recorded_model_name(ckpt.load_checkpoint(cfg.teacher_init))
     teacher, teacher_tok = load_clip(name or cfg.model_name, cfg.teacher_init, device=device)
     return teacher.eval().requires_grad_(False), teacher_tok, name or cfg.model_name
 

@@ -138,6 +138,11 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return state
 
 
+def recorded_model_name(state: dict) -> str | None:
+    """The open_clip model name one of our checkpoints records (top level, or in its config), or None."""
+    return state.get("model_name") or state.get("config", {}).get("model_name")
+
+
 def checkpoint_path(out_dir, step: int) -> Path:
     return Path(out_dir) / f"ckpt_{step:07d}.pt"
 

@@ -46,7 +46,7 @@ RUNS = Path("runs/toy-bench")
 RESULTS = Path("runs/toy-bench/results")  # untracked; the committed reference tables are in results/toy/
 WORLD = dict(seed=0, num_train=8000, num_val=500, novel=":".join(NOVEL_SHAPES))  # docs/DESIGN.md §5.1 world C size
 WORLDS = {  # world instances of `seeds --worlds`: the world seed and the novel split change, the rest is WORLD's
-    "default": dict(seed=0, novel=":".join(NOVEL_SHAPES)),  # the benchmark's own world (data/toy, runs/toy-bench)
+    "default": {k: WORLD[k] for k in ("seed", "novel")},  # the benchmark's own world (data/toy, runs/toy-bench)
     "w1": dict(seed=1, novel="star:pentagon:crescent"),
     "w2": dict(seed=2, novel="triangle:diamond:ring"),
 }
@@ -209,7 +209,12 @@ def run_worlds(b: Bench, names: list[str], tag: str = "full") -> None:
             bw.results.mkdir(parents=True, exist_ok=True)
             (bw.results / "timings.json").write_text(json.dumps(own, indent=2))
     if "default" in benches and tag == "full":
-        pictures(b, b.runs / "clip" / "final.pt", rc_dir(b, "full", b.seeds[0]) / "final.pt", b.seeds[0])
+        draw_pictures(b, b.seeds[0])
+
+
+def draw_pictures(b: Bench, seed: int) -> None:
+    """The pictures (benchmarks/toy/pictures.py) of the stage-0 CLIP and the full RegionCLIP model of `seed`."""
+    pictures(b, b.runs / "clip" / "final.pt", rc_dir(b, "full", seed) / "final.pt", seed)
 
 
 def _what(tag: str) -> str:
@@ -219,7 +224,7 @@ def _what(tag: str) -> str:
 def run_pipeline(b: Bench, seeds: tuple = (0,), tag: str = "full") -> None:
     b.run(pipeline_steps(b, seeds, tag))
     if tag == "full":  # the pictures show the paper's model
-        pictures(b, b.runs / "clip" / "final.pt", rc_dir(b, "full", seeds[0]) / "final.pt", seeds[0])
+        draw_pictures(b, seeds[0])
 
 
 ABLATIONS = [  # (tag, what, extra train_pretrain.py args); the full model is regionclip-full-s0
@@ -290,7 +295,7 @@ def run_ablations(b: Bench) -> None:
               *zeroshot(b, "stage0", "clip-native-128", ("--region_scale", "1.0")),
               *zeroshot(b, "stage0", "clip-crop", ("--region_encoder", "crop"))]
     b.run(steps)
-    pictures(b, b.runs / "clip" / "final.pt", rc_dir(b, "full", 0) / "final.pt", 0)
+    draw_pictures(b, 0)
     write_ablations(b, ABLATIONS)
 
 
