@@ -49,6 +49,17 @@ def test_a_step_with_fixed_threads_keeps_them(tmp_path, monkeypatch):
     assert timings["pinned"]["threads"] == 3 and timings["short"]["threads"] == 2
 
 
+def test_steps_side_by_side_never_hold_more_threads_than_the_lanes(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # two lanes of one thread
+    big1, big2 = _touch_step(tmp_path, "big1", sleep=0.5), _touch_step(tmp_path, "big2", sleep=0.5)
+    big1.threads = big2.threads = 2  # each takes both cores
+    small = _touch_step(tmp_path, "small", sleep=0.5)
+    Runner(tmp_path / "res", jobs=2).run([big1, big2, small])
+    b1, b2, sm = (_span(tmp_path, n) for n in ("big1", "big2", "small"))
+    assert b1[1] <= b2[0] and b2[1] <= sm[0]  # one after the other, the 1-thread step waiting behind big2
+    assert (b1[2], b2[2], sm[2]) == (2, 2, 1)
+
+
 def test_one_lane_keeps_list_order_and_skips_finished_steps(tmp_path, capsys):
     steps = [_touch_step(tmp_path, "x"), _touch_step(tmp_path, "y"), _touch_step(tmp_path, "z", ["x"])]
     Runner(tmp_path / "res", jobs=1).run(steps)

@@ -202,7 +202,9 @@ def run_worlds(b: Bench, names: list[str], tag: str = "full") -> None:
     for n, bw in benches.items():
         own = pipeline_steps(bw, bw.seeds, tag)
         steps += own if n == "default" else prefixed(own, f"{n}.")
-    b.run(steps)
+    # every world's 2-thread steps (generate, stage 0) first: they take both cores, so they run one after the other
+    # before the 1-thread steps fill both lanes
+    b.run(sorted(steps, key=lambda s: s.threads != STAGE0_THREADS))
     for n, bw in benches.items():
         if n != "default":  # its steps' timings, under their own names, for its summary's step-time table
             own = {k[len(n) + 1:]: v for k, v in b.runner.timings.items() if k.startswith(f"{n}.")}
