@@ -103,12 +103,18 @@ class TextEmbeddingPredictor(nn.Module):
         if self.class_embeddings.numel() and class_embeddings.shape[1] != self.class_embeddings.shape[1]:
             raise ValueError(f"new class embeddings have D = {class_embeddings.shape[1]}, the model "
                              f"{self.class_embeddings.shape[1]}")
-        device = self.class_embeddings.device
-        self.class_embeddings = F.normalize(class_embeddings.detach().float(), dim=-1).to(device)  # (K, D)
+        self.class_embeddings = self.unit(class_embeddings)  # (K, D)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def unit(self, class_embeddings: torch.Tensor) -> torch.Tensor:
+        """(K, D) embeddings as the classifier holds them: float, unit rows, on its device."""
+        return F.normalize(class_embeddings.detach().float(), dim=-1).to(self.class_embeddings.device)
+
+    def forward(self, x: torch.Tensor, class_embeddings: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R, D) region features -> logits, deltas; `class_embeddings` (K', D) from `unit` score the regions
+        against other names than the vocabulary (the deltas do not depend on the names)."""
         v = F.normalize(x, dim=-1)  # (R, D)
-        cls = v @ self.class_embeddings.t() / self.tau  # (R, K)
+        cls = v @ (self.class_embeddings if class_embeddings is None else class_embeddings).t() / self.tau  # (R, K)
         logits = torch.cat([cls.new_zeros(len(cls), 1), cls], dim=1)  # (R, K + 1)
         deltas = self.bbox_pred(x).repeat(1, logits.shape[1])  # (R, 4 (K + 1)), class-agnostic
         return logits, deltas
@@ -131,6 +137,7 @@ class FocalRoIHeads(RoIHeads):
         super().__init__(*args, **kwargs)
         self.focal_gamma, self.background_weight, self.nms = focal_gamma, background_weight, nms
         self.objectness = objectness  # None, or a callable giving the last proposals' objectness: RPN-score fusion
+        self.also: dict[str, torch.Tensor] = {}  # test only: other vocabularies scored on the same RoIs (set_vocabulary)
 
     def forward(self, features, proposals, image_shapes, targets=None):
         if self.training:  # sample positives/negatives, attach labels (0 = background) and box targets
@@ -138,9 +145,17 @@ class FocalRoIHeads(RoIHeads):
         x = self.box_head(self.box_roi_pool(features, proposals, image_shapes))  # (R, D)
         class_logits, box_regression = self.box_predictor(x)  # (R, K + 1), (R, 4 (K + 1))
         if not self.training:
-            boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
-            return [{"boxes": b, "labels": l, "scores": s} for b, l, s in zip(boxes, labels, scores)], {}
+            out = self._detections(class_logits, box_regression, proposals, image_shapes)
+            for key, emb in self.also.items():  # the same RoI features against other names: out[i][key]
+                logits, _ = self.box_predictor(x, emb)
+                for o, other in zip(out, self._detections(logits, box_regression, proposals, image_shapes)):
+                    o[key] = other
+            return out, {}
         return [], self.losses(class_logits, box_regression, torch.cat(labels), torch.cat(regression_targets))
+
+    def _detections(self, class_logits, box_regression, proposals, image_shapes) -> list[dict]:
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        return [{"boxes": b, "labels": l, "scores": s} for b, l, s in zip(boxes, labels, scores)]
 
     def losses(self, class_logits, box_regression, labels, regression_targets) -> dict:
         """(R, K + 1) logits, (R, 4 (K + 1)) deltas, (R,) labels, (R, 4) targets -> the two box-head losses."""
@@ -234,9 +249,15 @@ class TrainingStep(nn.Module):
                            for t in targets])
 
 
-def set_vocabulary(detector: GeneralizedRCNN, class_embeddings: torch.Tensor) -> None:
-    """Swap the detector's classes, e.g. base -> base + novel names at test: K changes, no weight does."""
-    detector.roi_heads.box_predictor.set_class_embeddings(class_embeddings)
+def set_vocabulary(detector: GeneralizedRCNN, class_embeddings: torch.Tensor,
+                   also: dict[str, torch.Tensor] | None = None) -> None:
+    """Swap the detector's classes, e.g. base -> base + novel names at test: K changes, no weight does. `also`
+    {key: (K', D)}: at test the detector also scores its RoIs against each of these vocabularies, returned under
+    output[key] (labels 1..K' of that vocabulary), so one pass gives both, e.g. the open and the closed vocabulary;
+    a later call without `also` drops them."""
+    predictor = detector.roi_heads.box_predictor
+    predictor.set_class_embeddings(class_embeddings)
+    detector.roi_heads.also = {key: predictor.unit(emb) for key, emb in (also or {}).items()}
 
 
 def load_detector(checkpoint_path, *, vocabulary: str = "test", device="cpu", state: dict | None = None

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import nms
 
 from regionclip_min.checkpoint import load_checkpoint
@@ -58,10 +58,23 @@ def make_rpn(out_channels: int, *, anchor_sizes, aspect_ratios, pre_nms_top_n_tr
                      dict(training=post_nms_top_n_train, testing=post_nms_top_n_test), nms_thresh)
 
 
+class Transform(GeneralizedRCNNTransform):
+    """torchvision's resize + normalisation, whose test post-processing also maps the boxes of the detections
+    under other vocabularies (`detector.FocalRoIHeads.also`: output[key]["boxes"]) back to the input image."""
+
+    def postprocess(self, result, image_shapes, original_image_sizes):
+        result = super().postprocess(result, image_shapes, original_image_sizes)
+        if not self.training:
+            for out, shape, size in zip(result, image_shapes, original_image_sizes):
+                for other in (v for v in out.values() if isinstance(v, dict) and "boxes" in v):
+                    other["boxes"] = resize_boxes(other["boxes"], shape, size)
+        return result
+
+
 def make_transform(min_size, max_size: int) -> GeneralizedRCNNTransform:
     """Resize (training: short side drawn from `min_size`; test: its last entry) and CLIP normalisation."""
     sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
-    return GeneralizedRCNNTransform(sizes, max_size, list(CLIP_MEAN), list(CLIP_STD))
+    return Transform(sizes, max_size, list(CLIP_MEAN), list(CLIP_STD))
 
 
 class ProposalNetwork(nn.Module):

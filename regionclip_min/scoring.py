@@ -57,8 +57,8 @@ def top_per_image(results: list[dict], max_dets: int) -> list[dict]:
 
 @torch.no_grad()
 def detect(detector, dataset: DetectionDataset, *, batch_size: int = 8, max_images: int | None = None,
-           device="cpu", progress: bool = False, category_ids: list[int] | None = None
-           ) -> tuple[list[dict], list[int]] | tuple[None, None]:
+           device="cpu", progress: bool = False, category_ids: list[int] | None = None,
+           also: dict[str, list[int]] | None = None) -> tuple:
     """COCO-format detections of a torchvision detector whose vocabulary is `dataset.category_names`. Under
     torchrun each rank detects its share of the images (`engine.shard`) and rank 0 gets them all, in image order.
 
@@ -69,9 +69,12 @@ def detect(detector, dataset: DetectionDataset, *, batch_size: int = 8, max_imag
         max_images: only the first this many images (None: all).
         category_ids: the category id of each label 1..K when the detector's vocabulary is not the dataset's
             (e.g. its base categories only); default dataset.category_ids.
+        also: {key: category ids} of the other vocabularies the detector scores in the same pass (`set_vocabulary`
+            also=), each output holding their detections under its key.
     Returns:
         (results [{"image_id", "category_id", "bbox": [x, y, w, h] pixels of the json's image, "score"}],
-         ids of the images that were run); (None, None) on a rank other than 0.
+         ids of the images that were run), and with `also` a third element {key: its results}; Nones on a rank
+        other than 0.
     """
     detector.eval()
     category_ids = dataset.category_ids if category_ids is None else category_ids
@@ -80,7 +83,8 @@ def detect(detector, dataset: DetectionDataset, *, batch_size: int = 8, max_imag
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, shard(range(n), rank, world)),
                                          batch_size=batch_size, collate_fn=collate_detection)
     position = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
-    per_image = []  # (position in the dataset, image id, its result rows)
+    also = also or {}
+    per_image = []  # (position in the dataset, image id, its result rows, {key of `also`: its rows})
     for images, targets in tqdm(loader, desc="detect", disable=not progress or rank != 0):
         if not images:
             continue
@@ -88,17 +92,25 @@ def detect(detector, dataset: DetectionDataset, *, batch_size: int = 8, max_imag
         for image, target, out in zip(images, targets, outputs):
             h, w = target["orig_size"].tolist()  # json size; the dataset may have enlarged the image
             scale = torch.tensor([w / image.shape[-1], h / image.shape[-2]] * 2)  # (4,)
-            boxes = out["boxes"].cpu() * scale  # (N, 4) xyxy, json pixels
-            rows = [{"image_id": target["image_id"], "category_id": category_ids[label - 1],
-                     "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
-                    for (x1, y1, x2, y2), label, score in zip(boxes.tolist(), out["labels"].tolist(),
-                                                             out["scores"].tolist())]
-            per_image.append((position[target["image_id"]], target["image_id"], rows))
+            per_image.append((position[target["image_id"]], target["image_id"],
+                              _rows(out, target["image_id"], scale, category_ids),
+                              {key: _rows(out[key], target["image_id"], scale, ids) for key, ids in also.items()}))
     per_image = gather_to_main(per_image)
     if per_image is None:
-        return None, None
+        return (None, None, None) if also else (None, None)
     per_image.sort(key=lambda t: t[0])
-    return [r for _, _, rows in per_image for r in rows], [image_id for _, image_id, _ in per_image]
+    results, image_ids = [r for _, _, rows, _ in per_image for r in rows], [t[1] for t in per_image]
+    if not also:
+        return results, image_ids
+    return results, image_ids, {key: [r for *_, more in per_image for r in more[key]] for key in also}
+
+
+def _rows(out: dict, image_id, scale: torch.Tensor, category_ids: list[int]) -> list[dict]:
+    """One image's detections {"boxes", "labels", "scores"} as COCO result rows in json pixels."""
+    boxes = out["boxes"].cpu() * scale  # (N, 4) xyxy, json pixels
+    return [{"image_id": image_id, "category_id": category_ids[label - 1], "bbox": [x1, y1, x2 - x1, y2 - y1],
+             "score": score}
+            for (x1, y1, x2, y2), label, score in zip(boxes.tolist(), out["labels"].tolist(), out["scores"].tolist())]
 
 
 def _coco_gt(gt) -> COCO:
@@ -243,25 +255,24 @@ def open_vocabulary_ap(model, val: DetectionDataset, emb_test: torch.Tensor, nov
     open-vocabulary base AP50 is what the novel names take. The model keeps the whole vocabulary afterwards.
     Under torchrun every rank detects its share and rank 0 scores: the other ranks return None."""
     emb_test = emb_test.to(device)
+    closed = bool(novel and base and closed_vocabulary)  # the base names alone, scored on the same RoIs
+    set_vocabulary(model, emb_test, also={"base_vocabulary": emb_test[[val.category_ids.index(c) for c in base]]}
+                   if closed else None)
+    out = detect(model, val, batch_size=batch_size, max_images=max_images, device=device, progress=True,
+                 also={"base_vocabulary": base} if closed else None)
     set_vocabulary(model, emb_test)
-    results, image_ids = detect(model, val, batch_size=batch_size, max_images=max_images, device=device,
-                                progress=True)
-    metrics = None
-    if results is not None:
-        if not image_ids:  # every image unreadable: an AP of 0 would be a silent lie
-            raise SystemExit(f"{val.path}: no val image could be read (skipped: {dict(val.skipped)}); nothing scored")
-        print(f"scoring {len(results)} detections on {len(image_ids)} images ...")
-        metrics = ovd_ap(val.coco_json_path, results, novel_ids=novel, base_ids=base, image_ids=image_ids,
-                         max_dets=max_dets)
-    if novel and base and closed_vocabulary:
-        set_vocabulary(model, emb_test[[val.category_ids.index(c) for c in base]])
-        closed, _ = detect(model, val, batch_size=batch_size, max_images=max_images, device=device, progress=True,
-                           category_ids=base)
-        if closed is not None:
-            m = ovd_ap(val.coco_json_path, closed, novel_ids=[], base_ids=base, image_ids=image_ids,
-                       max_dets=max_dets)
-            metrics["base_vocabulary"] = {"ap50": m["ap50"]["base"], "ap": m["ap"]["base"]}
-        set_vocabulary(model, emb_test)
+    results, image_ids, also = out if closed else (*out, None)
+    if results is None:
+        return None
+    if not image_ids:  # every image unreadable: an AP of 0 would be a silent lie
+        raise SystemExit(f"{val.path}: no val image could be read (skipped: {dict(val.skipped)}); nothing scored")
+    print(f"scoring {len(results)} detections on {len(image_ids)} images ...")
+    metrics = ovd_ap(val.coco_json_path, results, novel_ids=novel, base_ids=base, image_ids=image_ids,
+                     max_dets=max_dets)
+    if closed:
+        m = ovd_ap(val.coco_json_path, also["base_vocabulary"], novel_ids=[], base_ids=base, image_ids=image_ids,
+                   max_dets=max_dets)
+        metrics["base_vocabulary"] = {"ap50": m["ap50"]["base"], "ap": m["ap"]["base"]}
     return metrics
 
 

@@ -265,6 +265,26 @@ def test_proposal_recall_and_drawing(tmp_path):
     assert Image.open(path).size == (192, 192)
 
 
+def test_a_second_vocabulary_in_the_same_pass_equals_its_own_pass(visual, toy_world):
+    """open_vocabulary_ap's closed-vocabulary score comes from the open pass's RoIs (set_vocabulary also=): the
+    detections must be those of a separate pass with the base names alone, boxes back in json pixels."""
+    from regionclip_min.data import DetectionDataset
+    det = _detector(visual, k=12, box_score_thresh=0.0).eval()
+    emb = torch.randn(12, 64)
+    val = DetectionDataset(toy_world["instances_val_all"], toy_world["images"])  # 128 px, the detector runs at 256
+    base = val.category_ids[::2]
+    sub = emb[[val.category_ids.index(c) for c in base]]
+    set_vocabulary(det, emb)
+    whole, _ = detect(det, val, max_images=2)
+    set_vocabulary(det, sub)
+    closed, _ = detect(det, val, max_images=2, category_ids=base)
+    set_vocabulary(det, emb, also={"closed": sub})
+    whole2, ids, also = detect(det, val, max_images=2, also={"closed": base})
+    assert whole2 == whole and also["closed"] == closed and len(closed) > 0 and len(ids) == 2
+    set_vocabulary(det, emb)  # drops the second vocabulary
+    assert det.roi_heads.also == {} and detect(det, val, max_images=2)[0] == whole
+
+
 def test_detect_maps_labels_to_the_given_category_ids(toy_world):
     from regionclip_min.data import DetectionDataset
 
