@@ -22,7 +22,7 @@ AP_COLUMNS = [("ap50", "novel"), ("ap50", "base"), ("ap50", "all"), ("ap", "nove
 
 def write_transfers(b: Bench, studies: list[tuple]) -> dict:
     """<results>/transfers.{md,json}: the toy preset's transfers (the headline table's) and each study of
-    `studies` ((tag, what, args) as in benchmark.TRANSFER_STUDIES), from CLIP and from RegionCLIP, AP50 and AP
+    `studies` ((tag, what, args) as in rows.TRANSFER_STUDIES), from CLIP and from RegionCLIP, AP50 and AP
     (IoU 0.5:0.95) mean ± std over the seeds whose runs exist, and the mean training time of a run."""
     timings = _load(b.results / "timings.json") or {}
     rows, md = {}, [f"# Toy transfer studies (seeds {', '.join(map(str, b.seeds))}; mean ± std)", "",

@@ -229,7 +229,7 @@ def _amp_used(run: Path) -> str:
 # ---- ablations.md: one row each ---------------------------------------------------------------------------------
 def write_ablations(b: Bench, ablations: list[tuple]) -> None:
     """results/toy/ablations.{md,json}: the teacher rows, the full model, each of `ablations` ((tag, what, args) as
-    in benchmark.ABLATIONS) and the transfer-only rows, from whatever runs exist (— where one did not happen)."""
+    in rows.ABLATIONS) and the transfer-only rows, from whatever runs exist (— where one did not happen)."""
     zs = b.results / "zeroshot"
     full = _row(_load(zs / "regionclip-s0-gt.json"), _load(zs / "regionclip-s0-rpn.json"),
                 _load(b.runs / "det-regionclip-s0" / "results.json"))
