@@ -137,7 +137,7 @@ class FocalRoIHeads(RoIHeads):
         super().__init__(*args, **kwargs)
         self.focal_gamma, self.background_weight, self.nms = focal_gamma, background_weight, nms
         self.objectness = objectness  # None, or a callable giving the last proposals' objectness: RPN-score fusion
-        self.also: dict[str, torch.Tensor] = {}  # test only: other vocabularies scored on the same RoIs (set_vocabulary)
+        self.also: dict[str, torch.Tensor] = {}  # test only: more vocabularies scored on the same RoIs (set_vocabulary)
 
     def forward(self, features, proposals, image_shapes, targets=None):
         if self.training:  # sample positives/negatives, attach labels (0 = background) and box targets
